@@ -1,0 +1,38 @@
+"""
+The server's configuration: one plain object built by C{tap.Options} (or by a test directly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Config:
+    """
+    Settings shared by every part of the server.  Defaults are the documented ones
+    (C{docs/running.md}, C{docs/limits.md}).
+    """
+
+    domain: str = "localhost"
+    c2s: str = "tcp:5222"
+    web: str = "tcp:8080"
+    db: str = "sqlite:xmppjson.sqlite3"
+    allowPlaintext: bool = False
+    verbose: bool = False
+    tlsCert: str | None = None
+    tlsKey: str | None = None
+    # accounts
+    registration: str = "open"  # "open" or "closed"
+    tokenTTL: int = 24 * 3600  # seconds
+    scramIterations: int = 4096
+    minPasswordLength: int = 6
+    # limits
+    maxStanzaSize: int = 256 * 1024
+    maxStanzaSizePreAuth: int = 16 * 1024
+    maxFrameSize: int = 256 * 1024
+    maxHTTPBody: int = 64 * 1024
+    maxSessionsPerUser: int = 20
+    maxConnectionsPerAddress: int = 0  # 0 = unlimited
+    handshakeTimeout: float = 60.0
+    idleTimeout: float = 0.0  # 0 = no idle timeout

@@ -1,0 +1,101 @@
+"""
+Assembly of the whole server from a L{Config}: the store, the accounts, the IM core, and the two
+listeners (the web Site with REST and the WebSocket /stream, and the XMPP c2s factory).
+
+L{makeServer} builds everything without touching the network; starting the returned service
+starts the store and the listeners.  Tests build the same objects on memory transports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from xmppjson.accounts import Accounts
+from xmppjson.config import Config
+from xmppjson.im.server import IMServer
+from xmppjson.storage import openStore
+
+
+class StoreService(service.Service):
+    """
+    Opens the store when the server starts and closes it last.  The store keeps retrying on its
+    own while the database is unreachable, so the listeners can start at once and answer
+    "unavailable" until it is back.
+    """
+
+    name = "store"
+    log = Logger()
+
+    def __init__(self, store: Any):
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.maybeDeferred(self.store.start)
+        d.addErrback(lambda f: self.log.failure("Store failed to start", f))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.store.close()
+
+
+class IMService(service.Service):
+    """Ends every session cleanly (C{system-shutdown}) when the server stops."""
+
+    name = "im"
+
+    def __init__(self, im: IMServer):
+        self.im = im
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return defer.ensureDeferred(self.im.shutdown())
+
+
+class XmppJsonServer(service.MultiService):
+    """
+    The named top-level service, holding the parts for whoever needs them (tests, tools).
+    """
+
+    def __init__(self, config: Config, reactor: Any):
+        super().__init__()
+        self.setName("xmppjson")
+        self.config = config
+        self.reactor = reactor
+        self.store = openStore(config.db, reactor)
+        self.accounts = Accounts(config, self.store, reactor)
+        self.im = IMServer(config, self.store, reactor)
+        StoreService(self.store).setServiceParent(self)
+        IMService(self.im).setServiceParent(self)
+
+    def makeSite(self) -> Any:
+        from xmppjson.web import makeSite
+
+        return makeSite(self.config, self.accounts, self.im, self.reactor)
+
+    def makeC2SFactory(self) -> Any:
+        from xmppjson.c2s.stream import makeC2SFactory
+
+        return makeC2SFactory(self.config, self.accounts, self.im, self.reactor)
+
+
+def makeServer(config: Config, reactor: Any) -> XmppJsonServer:
+    """
+    Build the server for C{config}: a L{service.MultiService} named C{xmppjson}.
+    """
+    server = XmppJsonServer(config, reactor)
+    web = internet.StreamServerEndpointService(
+        endpoints.serverFromString(reactor, config.web), server.makeSite()
+    )
+    web.setName("web")
+    web.setServiceParent(server)
+    c2s = internet.StreamServerEndpointService(
+        endpoints.serverFromString(reactor, config.c2s), server.makeC2SFactory()
+    )
+    c2s.setName("c2s")
+    c2s.setServiceParent(server)
+    return server

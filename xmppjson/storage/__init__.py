@@ -1,0 +1,227 @@
+"""
+Persistent storage: one interface, L{IStore}, with two backends of identical behaviour.
+
+ - L{xmppjson.storage.sqlite}: the embedded default, SQLite through C{twisted.enterprise.adbapi}
+   (one connection, WAL).
+ - L{xmppjson.storage.pgsql}: PostgreSQL through txpostgres.
+
+Both share the SQL in L{xmppjson.storage.sql} and are tested by one mixin
+(C{tests/test_storage.py}).  Every method returns a L{Deferred}; when the database cannot be
+reached it fails with L{xmppjson.error.StoreUnavailable}.
+
+Use L{openStore} to build a store from a C{--db} URL.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+from xmppjson.error import Conflict, XMPPJSONError
+
+# The profile keys of the login response, in the order the original web API sends them (the
+# misspelt "streer_2" is kept on purpose: clients read it).
+PROFILE_FIELDS: tuple[str, ...] = (
+    "full_name",
+    "nick_name",
+    "company",
+    "department",
+    "position",
+    "role",
+    "street",
+    "streer_2",
+    "city",
+    "state",
+    "zip_code",
+    "country",
+    "about",
+    "email",
+    "www",
+    "phone",
+    "birthday",
+    "avatar",
+)
+
+
+class UserExists(Conflict):
+    """The localpart is already registered."""
+
+    def __init__(self, localpart: str):
+        super().__init__(f"user {localpart!r} already exists")
+
+
+class UnknownUser(XMPPJSONError):
+    condition = "item-not-found"
+
+
+@dataclass(frozen=True)
+class ScramKeys:
+    """
+    The stored form of a password for one SCRAM hash (RFC 5802): never the password itself.
+    """
+
+    salt: bytes
+    iterations: int
+    storedKey: bytes
+    serverKey: bytes
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """
+    Everything needed to check a password: SCRAM keys per mechanism name
+    (C{"SCRAM-SHA-1"}, C{"SCRAM-SHA-256"}).
+    """
+
+    keys: dict[str, ScramKeys]
+
+
+@dataclass
+class RosterItem:
+    """
+    One roster entry of a user, per RFC 6121 section 2.1.
+
+    @ivar jid: the contact's bare JID, as a string.
+    @ivar subscription: C{"none"}, C{"to"}, C{"from"} or C{"both"}.
+    @ivar askOut: the user has sent a subscription request still pending ("ask='subscribe'").
+    @ivar pendingIn: the contact has asked to subscribe to the user and has not been answered.
+    @ivar approved: the user pre-approved a subscription request from the contact.
+    @ivar inRoster: the item is visible in the roster.  An item only known because of a pending
+        inbound request is stored with C{inRoster=False} and never shown in roster results.
+    """
+
+    jid: str
+    name: str | None = None
+    subscription: str = "none"
+    askOut: bool = False
+    pendingIn: bool = False
+    approved: bool = False
+    inRoster: bool = True
+    groups: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OfflineMessage:
+    """
+    A stored message for a user who had no available session.
+
+    @ivar stamp: when the server accepted it (UTC, aware).
+    @ivar xml: the serialised C{<message/>} element, as the sender's session produced it.
+    """
+
+    id: int
+    stamp: datetime.datetime
+    xml: str
+
+
+class IStore(Interface):
+    """
+    The database of xmppjson.  Localparts given to it are already nodeprep-normalised.
+    All methods return Deferreds.
+    """
+
+    backendName = Attribute("short name of the backend: 'sqlite' or 'postgresql'")
+
+    def start() -> Any:
+        """
+        Connect and upgrade the schema to the current version.  Fires when the store can serve.
+        """
+
+    def close() -> Any:
+        """Close every connection."""
+
+    def ping() -> Any:
+        """Fire with C{True} when a trivial query succeeds; fail with StoreUnavailable otherwise."""
+
+    # users
+    def createUser(localpart: str, credentials: Credentials) -> Any:
+        """Create an account; fails with L{UserExists}."""
+
+    def userExists(localpart: str) -> Any:
+        """Fire with a bool."""
+
+    def getCredentials(localpart: str) -> Any:
+        """Fire with the user's L{Credentials}, or C{None} for an unknown user."""
+
+    def setCredentials(localpart: str, credentials: Credentials) -> Any:
+        """Replace the user's password keys; fails with L{UnknownUser}."""
+
+    def deleteUser(localpart: str) -> Any:
+        """Delete the user and everything stored for them."""
+
+    # profile and last presence
+    def getProfile(localpart: str) -> Any:
+        """
+        Fire with a dict holding every key of L{PROFILE_FIELDS} (C{None} where unset) plus
+        C{last_seen} (aware datetime or None), C{presence} and C{status} (strings, C{""} when
+        unset); or C{None} for an unknown user.
+        """
+
+    def updateProfile(localpart: str, fields: dict[str, str | None]) -> Any:
+        """Set the given profile fields (keys of L{PROFILE_FIELDS}); fails with L{UnknownUser}."""
+
+    def setLastPresence(
+        localpart: str, lastSeen: datetime.datetime, presence: str, status: str
+    ) -> Any:
+        """Record the user's live presence (show or C{"unavailable"}), status and time."""
+
+    # tokens
+    def addToken(tokenHash: str, localpart: str, expires: datetime.datetime) -> Any:
+        """Store a login token by its hash."""
+
+    def lookupToken(tokenHash: str, now: datetime.datetime) -> Any:
+        """Fire with the localpart owning an unexpired token, or C{None}."""
+
+    def revokeToken(tokenHash: str) -> Any:
+        """Delete one token.  Fires with True if it existed."""
+
+    def revokeTokens(localpart: str) -> Any:
+        """Delete every token of a user."""
+
+    def purgeExpiredTokens(now: datetime.datetime) -> Any:
+        """Delete expired tokens; fires with how many."""
+
+    # roster
+    def getRoster(localpart: str) -> Any:
+        """Fire with a list of L{RosterItem} (including C{inRoster=False} ones)."""
+
+    def setRosterItem(localpart: str, item: RosterItem) -> Any:
+        """Insert or replace the item for C{item.jid}."""
+
+    def removeRosterItem(localpart: str, contact: str) -> Any:
+        """Delete the item; fires with True if it existed."""
+
+    # offline messages
+    def storeOffline(localpart: str, stamp: datetime.datetime, xml: str) -> Any:
+        """Store a message; fires with its id."""
+
+    def getOffline(localpart: str) -> Any:
+        """Fire with the user's L{OfflineMessage}s, oldest first."""
+
+    def deleteOffline(localpart: str, ids: list[int]) -> Any:
+        """Delete delivered offline messages."""
+
+
+def openStore(url: str, reactor: Any = None) -> Any:
+    """
+    Build (not start) the store named by a C{--db} URL.
+
+     - C{sqlite:PATH} (relative to the working directory) or C{sqlite::memory:}
+     - C{postgresql://user:pass@host:port/dbname}
+
+    @raise ValueError: for an unknown scheme.
+    """
+    if url.startswith("sqlite:"):
+        from xmppjson.storage.sqlite import SQLiteStore
+
+        return SQLiteStore(url[len("sqlite:"):], reactor=reactor)
+    if url.startswith(("postgresql://", "postgres://")):
+        from xmppjson.storage.pgsql import PostgreSQLStore
+
+        return PostgreSQLStore(url, reactor=reactor)
+    raise ValueError(
+        f"unknown database URL {url!r}: use sqlite:FILE, sqlite::memory: or postgresql://..."
+    )

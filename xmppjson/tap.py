@@ -1,0 +1,114 @@
+"""
+The twistd plugin's options and service maker: C{twistd -n xmppjson [options]}.
+
+No logic lives here: L{Options} turns the command line into a L{Config}, and L{makeService}
+hands it to L{xmppjson.service.makeServer}, which tests call directly.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from xmppjson.config import Config
+
+
+def _positiveInt(name: str):
+    def convert(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a whole number, not {value!r}")
+        if number <= 0:
+            raise usage.UsageError(f"--{name} must be greater than 0, not {value!r}")
+        return number
+
+    return convert
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd xmppjson}.  Every listener is a Twisted endpoint string.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run xmppjson: XMPP c2s on --c2s, and the REST API plus the JSON WebSocket dialect "
+        "(/stream) on --web, sharing one session router."
+    )
+
+    optFlags = [
+        ["allow-plaintext", None, "Allow SASL PLAIN on unencrypted streams (loopback, tests)."],
+        ["verbose", "v", "Log wire traffic."],
+    ]
+
+    optParameters = [
+        ["domain", None, "localhost", "The XMPP domain served."],
+        ["c2s", None, "tcp:5222", "Endpoint for XMPP client connections."],
+        ["web", None, "tcp:8080", "Endpoint for the REST API and the WebSocket /stream."],
+        ["db", None, "sqlite:xmppjson.sqlite3",
+         "Database URL: sqlite:FILE, sqlite::memory: or postgresql://user:pass@host:port/db."],
+        ["tls-cert", None, None, "PEM certificate for STARTTLS (default: self-signed, generated)."],
+        ["tls-key", None, None, "PEM private key for --tls-cert."],
+        ["registration", None, "open", "Account registration: open or closed."],
+        ["token-ttl", None, 24 * 3600, "Lifetime of login tokens, in seconds.", _positiveInt("token-ttl")],
+        ["scram-iterations", None, 4096, "PBKDF2 iterations for new password keys.",
+         _positiveInt("scram-iterations")],
+        ["max-stanza-size", None, 256 * 1024, "Largest XML stanza, in bytes.",
+         _positiveInt("max-stanza-size")],
+        ["max-frame-size", None, 256 * 1024, "Largest WebSocket frame, in bytes.",
+         _positiveInt("max-frame-size")],
+        ["max-sessions-per-user", None, 20, "Concurrent sessions one user may hold.",
+         _positiveInt("max-sessions-per-user")],
+    ]
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        domain = self["domain"].strip().lower()
+        if not domain or any(c in domain for c in "@/ \t") or len(domain) > 1023:
+            raise usage.UsageError(f"--domain {self['domain']!r} is not a valid domain name")
+        self["domain"] = domain
+        for name in ("c2s", "web"):
+            try:
+                endpoints.serverFromString(reactor, self[name])
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--{name} {self[name]!r} is not a valid endpoint: {e}")
+        db = self["db"]
+        if not (db.startswith("sqlite:") or db.startswith(("postgresql://", "postgres://"))):
+            raise usage.UsageError(
+                f"--db {db!r}: use sqlite:FILE, sqlite::memory: or postgresql://user:pass@host:port/db"
+            )
+        if db == "sqlite:":
+            raise usage.UsageError("--db sqlite: needs a file name (or sqlite::memory:)")
+        if self["registration"] not in ("open", "closed"):
+            raise usage.UsageError("--registration must be open or closed")
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+
+    def toConfig(self) -> Config:
+        return Config(
+            domain=self["domain"],
+            c2s=self["c2s"],
+            web=self["web"],
+            db=self["db"],
+            allowPlaintext=bool(self["allow-plaintext"]),
+            verbose=bool(self["verbose"]),
+            tlsCert=self["tls-cert"],
+            tlsKey=self["tls-key"],
+            registration=self["registration"],
+            tokenTTL=self["token-ttl"],
+            scramIterations=self["scram-iterations"],
+            maxStanzaSize=self["max-stanza-size"],
+            maxFrameSize=self["max-frame-size"],
+            maxSessionsPerUser=self["max-sessions-per-user"],
+        )
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    from xmppjson.service import makeServer
+
+    return makeServer(options.toConfig(), reactor)
