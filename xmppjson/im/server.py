@@ -1,29 +1,173 @@
 """
-The IM core's entry point, shared by every door.  (Being written: the router issue.)
+The IM core's entry point, shared by every door.
 
-Public API the doors use:
- - C{async openSession(session) -> None}: register a bound session with the router (a session
-   with the same full JID is replaced and closed with C{conflict}); raises
-   L{xmppjson.error.ResourceConstraint} when the user has too many sessions.
- - C{receive(session, element) -> None}: a stanza from the session's client.  Never raises:
-   every error is answered to the session as a stanza error.
- - C{closeSession(session) -> None}: the session's connection is gone (idempotent).
- - C{newResource() -> str}: a fresh server-generated resource.
- - C{async shutdown()}: close every session with C{system-shutdown}.
+A door authenticates a client, builds a L{xmppjson.session.Session} and then talks to the core
+through four calls only:
+
+ - C{await openSession(session)}: register a bound session (a session with the same full JID is
+   replaced and closed with C{conflict}); raises L{ResourceConstraint} when the user has too
+   many sessions.
+ - C{receive(session, element)}: a stanza from the client.  Never raises: every error is
+   answered to the session as a stanza error.
+ - C{closeSession(session)}: the connection is gone (idempotent).
+ - C{undeliverable(session, element)}: a stanza could not be written to a dying session.
+
+Stanzas are C{domish.Element}s in C{jabber:client}; the core stamps C{from}, applies RFC 6121
+and calls C{deliver} on the target sessions.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Coroutine
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.xish import domish
 
 from xmppjson.config import Config
+from xmppjson.error import ResourceConstraint, asError
+from xmppjson.im.iq import IQHandler
+from xmppjson.im.message import MessageHandler
+from xmppjson.im.presence import PresenceHandler
+from xmppjson.im.roster import RosterManager
+from xmppjson.im.stanzas import errorReply
+from xmppjson.router import Router
+from xmppjson.session import Session
 
 
 class IMServer:
-    def __init__(self, config: Config, store: Any, reactor: Any):
+    """
+    The core: the router plus the IM features, door-agnostic.
+
+    @ivar router: the L{Router} of all live sessions.
+    @ivar rosters: L{RosterManager}.
+    @ivar presence: L{PresenceHandler}.
+    @ivar messages: L{MessageHandler}.
+    @ivar iq: L{IQHandler} (register more iq services on it).
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, store: Any, reactor: Any, router: Router | None = None):
         self.config = config
         self.store = store
         self.reactor = reactor
+        self.domain = config.domain
+        self.router = router or Router()
+        self.rosters = RosterManager(self)
+        self.presence = PresenceHandler(self)
+        self.messages = MessageHandler(self)
+        self.iq = IQHandler(self)
+        self._handlers = {
+            "message": self.messages.outbound,
+            "presence": self.presence.outbound,
+            "iq": self.iq.outbound,
+        }
+        self.shuttingDown = False
+
+    def newResource(self) -> str:
+        """A fresh server-generated resource."""
+        return "xj-" + os.urandom(6).hex()
+
+    # sessions --------------------------------------------------------------
+
+    async def openSession(self, session: Session) -> None:
+        if self.shuttingDown:
+            raise ResourceConstraint("the server is shutting down", condition="service-unavailable")
+        replacing = self.router.session(session.bare, session.resource) is not None
+        if not replacing and self.router.countOf(session.bare) >= self.config.maxSessionsPerUser:
+            raise ResourceConstraint(
+                f"too many sessions for {session.bare} (at most {self.config.maxSessionsPerUser})",
+                condition="policy-violation",
+            )
+        await self.rosters.load(session.localpart)
+        if not session.active:
+            if not self.router.hasSessions(session.bare):
+                self.rosters.release(session.localpart)
+            return
+        replaced = self.router.add(session)
+        if replaced is not None:
+            self._ended(replaced)
+            replaced.active = False
+            replaced.close("conflict", "replaced by a new session with the same resource")
+        self.log.info("{door} session {jid} opened", door=session.door, jid=session.full)
+        if session.receivesMessages:
+            self.messages.deliverOffline(session)
+
+    def closeSession(self, session: Session) -> None:
+        if not self.router.remove(session):
+            session.active = False
+            return
+        self._ended(session)
+        session.active = False
+        self.log.info("{door} session {jid} closed", door=session.door, jid=session.full)
+
+    def _ended(self, session: Session) -> None:
+        """A session left the router: unavailable to everyone who saw it, caches released."""
+        try:
+            self.presence.unavailable(session)
+        except Exception:
+            self.log.failure("Broadcasting unavailable for {s} failed", s=session)
+        if not self.router.hasSessions(session.bare):
+            self.rosters.release(session.localpart)
+
+    def undeliverable(self, session: Session, element: domish.Element) -> None:
+        if element.name == "message":
+            self.messages.undeliverable(session, element)
+
+    def deliverOffline(self, session: Session) -> None:
+        self.messages.deliverOffline(session)
 
     async def shutdown(self) -> None:
-        pass
+        """Close every session with C{system-shutdown} and write what is pending."""
+        self.shuttingDown = True
+        for session in list(self.router):
+            self.closeSession(session)
+            try:
+                session.close("system-shutdown", "the server is shutting down")
+            except Exception:
+                self.log.failure("Closing {s} failed", s=session)
+        await self.presence.lastSeen.flush()
+
+    # stanzas -----------------------------------------------------------------
+
+    def receive(self, session: Session, element: domish.Element) -> None:
+        """
+        A stanza from a session's client.  The sender's address is always the session's.
+        """
+        if not session.active:
+            return
+        handler = self._handlers.get(element.name)
+        if handler is None:
+            session.deliver(errorReply(element, "bad-request", text="unknown stanza", sender=self.domain))
+            return
+        if element.name == "presence" and element.getAttribute("type") in (
+            "subscribe", "subscribed", "unsubscribe", "unsubscribed"
+        ):
+            element["from"] = session.bare
+        else:
+            element["from"] = session.full
+        try:
+            handler(session, element)
+        except Exception as e:
+            self._answerError(session, element, e)
+
+    def spawn(self, session: Session, element: domish.Element, work: Coroutine[Any, Any, Any]) -> None:
+        """Run the asynchronous part of handling a stanza; its failure is answered to the sender."""
+        d = defer.ensureDeferred(work)
+        d.addErrback(lambda f: self._answerError(session, element, f))
+
+    def _answerError(self, session: Session, element: domish.Element, reason: Exception | Failure) -> None:
+        error = asError(reason)
+        if error.condition == "internal-server-error":
+            failure = reason if isinstance(reason, Failure) else Failure(reason)
+            self.log.failure("Handling a {name} from {s} failed", failure, name=element.name, s=session)
+        if element.getAttribute("type") in ("error", "result"):
+            return
+        if not session.active:
+            return
+        stanzaError = error.toStanzaError()
+        session.deliver(errorReply(element, stanzaError.condition, stanzaError.type, stanzaError.text,
+                                   sender=self.domain))

@@ -1,0 +1,199 @@
+"""
+Message routing (RFC 6121 section 8.5) and offline storage (XEP-0160).
+
+The hot path (a chat message to a connected user) is synchronous: one router lookup, one
+stanza-id, one C{deliver} per target.  Only messages that must be stored touch the database.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+
+from xmppjson.error import BadRequest, StoreUnavailable
+from xmppjson.im.stanzas import (
+    NS_SID,
+    addDelay,
+    errorReply,
+    hasBody,
+    newStanzaId,
+    now,
+    parseStanza,
+    tryJID,
+)
+
+if TYPE_CHECKING:
+    from xmppjson.im.server import IMServer
+    from xmppjson.session import Session
+
+
+class MessageHandler:
+    """Routes messages between local users and keeps them for users who are away."""
+
+    log = Logger()
+
+    def __init__(self, server: "IMServer"):
+        self.server = server
+        self.router = server.router
+        self.store = server.store
+        self.domain = server.domain
+        self._offlineLocks: dict[str, defer.DeferredLock] = {}
+
+    def outbound(self, session: "Session", message: domish.Element) -> None:
+        to = message.getAttribute("to")
+        if to is None:
+            target = session.jid.userhostJID()
+        else:
+            target = tryJID(to)
+            if target is None:
+                raise BadRequest("message 'to' is not a valid JID", condition="jid-malformed")
+        if target.host != self.domain:
+            if message.getAttribute("type") != "error":
+                session.deliver(errorReply(message, "remote-server-not-found", sender=self.domain,
+                                           text="this server does not federate"))
+            return
+        if not target.user:
+            # Messages to the server itself: nothing here reads them.
+            if message.getAttribute("type") not in ("error", "headline", "groupchat") and hasBody(message):
+                session.deliver(errorReply(message, "service-unavailable", sender=self.domain))
+            return
+        self.route(message, target, session)
+
+    def route(self, message: domish.Element, target: JID, sender: "Session | None" = None) -> None:
+        """
+        Deliver a message to a local JID: the named resource, else the best resources of the
+        bare JID, else offline storage, else an error to the sender.
+        """
+        bare = target.userhost()
+        mtype = message.getAttribute("type", "normal")
+        if target.resource:
+            session = self.router.session(bare, target.resource)
+            if session is not None:
+                self._stampId(message, bare)
+                session.deliver(message)
+                return
+            if mtype in ("error", "headline"):
+                return
+            if mtype == "groupchat":
+                self._bounce(message, sender, "service-unavailable")
+                return
+        targets = self.router.messageTargets(bare)
+        if targets:
+            if mtype == "groupchat":
+                self._bounce(message, sender, "service-unavailable")
+                return
+            self._stampId(message, bare)
+            for session in targets:
+                session.deliver(message)
+            return
+        if mtype in ("error", "headline"):
+            return
+        d = defer.ensureDeferred(self._offline(message, bare, mtype, sender))
+        d.addErrback(self._offlineFailed, message, sender)
+
+    def _stampId(self, message: domish.Element, by: str) -> None:
+        """
+        Add the server's XEP-0359 stanza-id, removing any a client forged in our name.
+        """
+        children = message.children
+        for index in range(len(children) - 1, -1, -1):
+            child = children[index]
+            if (
+                isinstance(child, domish.Element)
+                and child.name == "stanza-id"
+                and child.uri == NS_SID
+                and child.getAttribute("by") == by
+            ):
+                del children[index]
+        sid = message.addElement((NS_SID, "stanza-id"))
+        sid["by"] = by
+        sid["id"] = newStanzaId()
+
+    async def _offline(self, message: domish.Element, bare: str, mtype: str, sender: "Session | None") -> None:
+        localpart = bare.split("@", 1)[0]
+        if not self.router.hasSessions(bare) and not await self.store.userExists(localpart):
+            self._bounce(message, sender, "service-unavailable")
+            return
+        if mtype == "groupchat":
+            self._bounce(message, sender, "service-unavailable")
+            return
+        if not hasBody(message):
+            # Chat states and receipts are about now: never stored (contract).
+            return
+        when = now(self.server.reactor)
+        self._stampId(message, bare)
+        addDelay(message, when, self.domain)
+        await self.store.storeOffline(localpart, when, message.toXml())
+        # A session may have become reachable while we were storing: hand it over now.
+        if self.router.messageTargets(bare):
+            for session in self.router.messageTargets(bare):
+                self.deliverOffline(session)
+                break
+
+    def _offlineFailed(self, failure, message: domish.Element, sender: "Session | None") -> None:
+        if failure.check(StoreUnavailable):
+            self._bounce(message, sender, "resource-constraint", "wait",
+                         "the recipient is offline and the message could not be stored; try again later")
+        else:
+            self.log.failure("Storing an offline message failed", failure)
+            self._bounce(message, sender, "internal-server-error", "wait")
+
+    def _bounce(self, message: domish.Element, sender: "Session | None", condition: str,
+                errorType: str | None = None, text: str | None = None) -> None:
+        if message.getAttribute("type") == "error":
+            return
+        reply = errorReply(message, condition, errorType, text, sender=self.domain)
+        frm = message.getAttribute("from")
+        if sender is not None and sender.active:
+            sender.deliver(reply)
+        elif frm:
+            jid = tryJID(frm)
+            if jid is not None and jid.host == self.domain and jid.user:
+                self.route(reply, jid)
+
+    def deliverOffline(self, session: "Session") -> None:
+        """Deliver and then delete the user's stored messages (once, even with racing sessions)."""
+        d = defer.ensureDeferred(self._deliverOffline(session))
+        d.addErrback(lambda f: self.log.failure("Offline delivery to {s} failed", f, s=session))
+
+    async def _deliverOffline(self, session: "Session") -> None:
+        localpart = session.localpart
+        lock = self._offlineLocks.get(localpart)
+        if lock is None:
+            lock = self._offlineLocks[localpart] = defer.DeferredLock()
+        try:
+            async with lock:
+                if not session.active:
+                    return
+                stored = await self.store.getOffline(localpart)
+                if not stored or not session.active:
+                    return
+                delivered = []
+                for entry in stored:
+                    try:
+                        message = parseStanza(entry.xml)
+                    except Exception:
+                        self.log.warn("Dropping unreadable offline message {id}", id=entry.id)
+                        delivered.append(entry.id)
+                        continue
+                    if not session.active:
+                        break
+                    session.deliver(message)
+                    delivered.append(entry.id)
+                if delivered:
+                    await self.store.deleteOffline(localpart, delivered)
+        finally:
+            if not lock.locked and not lock.waiting:
+                self._offlineLocks.pop(localpart, None)
+
+    def undeliverable(self, session: "Session", message: domish.Element) -> None:
+        """A door could not write a message: route it again, as to the bare JID."""
+        if message.getAttribute("type", "normal") in ("error", "headline", "groupchat"):
+            return
+        if session.jid.host != self.domain:
+            return
+        self.route(message, session.jid.userhostJID())

@@ -1,0 +1,420 @@
+"""
+Presence (RFC 6121 sections 3 and 4): broadcast to the contacts allowed to see it, probes answered
+from live sessions, directed presence, unavailable on every kind of session end, and the
+subscription handshake on both the sender's and the contact's roster.
+
+Every party is local (xmppjson has no server-to-server links), so "outbound" and "inbound"
+processing of RFC 6121 happen here back to back.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING, Optional
+
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from xmppjson.error import BadRequest
+from xmppjson.im import roster as R
+from xmppjson.im.stanzas import NS_CLIENT, childText, errorReply, makeElement, now, retarget, tryJID
+from xmppjson.storage import RosterItem
+
+if TYPE_CHECKING:
+    from xmppjson.im.server import IMServer
+    from xmppjson.session import Session
+
+SHOW_VALUES = frozenset(("away", "chat", "dnd", "xa"))
+
+
+class LastSeen:
+    """
+    The live presence, status and last activity of each user, written to the store in coalesced
+    batches (presence changes must not cost a database write each) and on shutdown.
+    """
+
+    log = Logger()
+
+    def __init__(self, server: "IMServer", delay: float = 1.0):
+        self.server = server
+        self.delay = delay
+        self._pending: dict[str, tuple[datetime.datetime, str, str]] = {}
+        self._call = None
+
+    def note(self, localpart: str, presence: str, status: str) -> None:
+        self._pending[localpart] = (now(self.server.reactor), presence, status)
+        if self._call is None or not self._call.active():
+            self._call = self.server.reactor.callLater(self.delay, self._flushSoon)
+
+    def _flushSoon(self) -> None:
+        self._call = None
+        self.flush()
+
+    def flush(self):
+        """Write everything pending; returns a Deferred that fires when written."""
+        from twisted.internet import defer
+
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        pending, self._pending = self._pending, {}
+        writes = []
+        for localpart, (when, presence, status) in pending.items():
+            d = self.server.store.setLastPresence(localpart, when, presence, status)
+            d.addErrback(
+                lambda f, lp=localpart: self.log.warn(
+                    "Could not record last presence of {user}: {err}", user=lp, err=f.getErrorMessage()
+                )
+            )
+            writes.append(d)
+        return defer.DeferredList(writes)
+
+
+class PresenceHandler:
+    """Presence stanzas from clients, and presence consequences of sessions ending."""
+
+    log = Logger()
+
+    def __init__(self, server: "IMServer"):
+        self.server = server
+        self.router = server.router
+        self.rosters = server.rosters
+        self.domain = server.domain
+        self.lastSeen = LastSeen(server)
+
+    # from a client ---------------------------------------------------------
+
+    def outbound(self, session: "Session", presence: domish.Element) -> None:
+        ptype = presence.getAttribute("type")
+        to = presence.getAttribute("to")
+        if ptype in ("subscribe", "subscribed", "unsubscribe", "unsubscribed"):
+            target = self._contact(session, presence, to)
+            if target is not None:
+                self.server.spawn(session, presence, self.subscription(session, ptype, target, presence))
+            return
+        if ptype == "probe":
+            target = self._contact(session, presence, to)
+            if target is not None:
+                self.server.spawn(session, presence, self._probe(session, target))
+            return
+        if ptype == "error":
+            # A presence error from a client is routed to a live session or dropped.
+            jid = tryJID(to)
+            if jid is not None and jid.resource:
+                peer = self.router.session(jid.userhost(), jid.resource)
+                if peer is not None:
+                    peer.deliver(presence)
+            return
+        if ptype not in (None, "unavailable"):
+            raise BadRequest(f"unknown presence type {ptype!r}")
+        if to:
+            jid = tryJID(to)
+            if jid is None:
+                raise BadRequest("presence 'to' is not a valid JID", condition="jid-malformed")
+            if jid.userhost() != session.bare:
+                self._directed(session, presence, jid, ptype)
+                return
+        if ptype is None:
+            self.available(session, presence)
+        else:
+            self.unavailable(session, presence)
+
+    def _contact(self, session: "Session", presence: domish.Element, to: Optional[str]) -> Optional[str]:
+        jid = tryJID(to)
+        if jid is None or not jid.user:
+            raise BadRequest("a subscription needs the contact's bare JID in 'to'", condition="jid-malformed")
+        if jid.host != self.domain:
+            session.deliver(errorReply(presence, "remote-server-not-found", sender=self.domain))
+            return None
+        bare = jid.userhost()
+        if bare == session.bare:
+            return None
+        return bare
+
+    # availability --------------------------------------------------------
+
+    def available(self, session: "Session", presence: domish.Element) -> None:
+        show = childText(presence, "show")
+        if show is not None and show not in SHOW_VALUES:
+            raise BadRequest(f"show must be one of {', '.join(sorted(SHOW_VALUES))}")
+        priorityText = childText(presence, "priority")
+        priority = 0
+        if priorityText is not None:
+            try:
+                priority = int(priorityText.strip())
+            except ValueError:
+                raise BadRequest("priority must be an integer")
+            if not -128 <= priority <= 127:
+                raise BadRequest("priority must be between -128 and 127")
+        first = session.presence is None
+        session.presence = presence
+        session.priority = priority
+        session.receivesMessages = True
+        self._broadcast(session, presence)
+        if first:
+            self._initial(session)
+        self.lastSeen.note(session.localpart, show or "available", childText(presence, "status") or "")
+
+    def _broadcast(self, session: "Session", presence: domish.Element) -> None:
+        """To every contact with a 'from' subscription, and the user's other resources."""
+        roster = self.rosters.cached(session.localpart) or {}
+        for item in roster.values():
+            if item.subscription in ("from", "both"):
+                targets = self.router.availableSessionsOf(item.jid)
+                if targets:
+                    copy = retarget(presence, item.jid)
+                    for target in targets:
+                        target.deliver(copy)
+        for other in self.router.availableSessionsOf(session.bare):
+            if other is not session:
+                other.deliver(retarget(presence, other.full))
+
+    def _initial(self, session: "Session") -> None:
+        """
+        First available presence: the contacts' presence (probes answered from their live
+        sessions), the user's other resources, pending subscription requests, offline messages.
+        """
+        roster = self.rosters.cached(session.localpart) or {}
+        for item in roster.values():
+            if item.subscription in ("to", "both"):
+                for contact in self.router.availableSessionsOf(item.jid):
+                    session.deliver(retarget(contact.presence, session.full))
+            if item.pendingIn:
+                request = makeElement("presence", type="subscribe", to=session.bare)
+                request["from"] = item.jid
+                session.deliver(request)
+        for other in self.router.availableSessionsOf(session.bare):
+            if other is not session:
+                session.deliver(retarget(other.presence, session.full))
+        if session.priority >= 0:
+            self.server.deliverOffline(session)
+
+    def unavailable(self, session: "Session", presence: Optional[domish.Element] = None) -> None:
+        """
+        The session is no longer available (explicit unavailable presence, or its end): tell
+        everyone who saw it.
+        """
+        if session.presence is None and not session.directedTo:
+            return
+        if presence is None or presence.getAttribute("from") != session.full:
+            presence = makeElement("presence", type="unavailable")
+            presence["from"] = session.full
+        told: set[str] = set()
+        if session.presence is not None:
+            roster = self.rosters.cached(session.localpart) or {}
+            for item in roster.values():
+                if item.subscription in ("from", "both"):
+                    told.add(item.jid)
+                    targets = self.router.availableSessionsOf(item.jid)
+                    if targets:
+                        copy = retarget(presence, item.jid)
+                        for target in targets:
+                            target.deliver(copy)
+            for other in self.router.availableSessionsOf(session.bare):
+                if other is not session:
+                    other.deliver(retarget(presence, other.full))
+        for address in session.directedTo:
+            jid = tryJID(address)
+            if jid is None or jid.userhost() in told:
+                continue
+            self._deliverPresence(retarget(presence, address), jid)
+        session.directedTo.clear()
+        wasAvailable = session.presence is not None
+        session.presence = None
+        if wasAvailable:
+            session.receivesMessages = session.door == "websocket"
+            if not self.router.availableSessionsOf(session.bare) or all(
+                s is session for s in self.router.availableSessionsOf(session.bare)
+            ):
+                self.lastSeen.note(
+                    session.localpart, "unavailable", childText(presence, "status") or ""
+                )
+
+    def _directed(self, session: "Session", presence: domish.Element, jid, ptype: Optional[str]) -> None:
+        """Directed presence (RFC 6121 4.6) to a local user, remembered for the final unavailable."""
+        if jid.host != self.domain:
+            return
+        address = jid.full()
+        if ptype is None:
+            session.directedTo.add(address)
+        else:
+            session.directedTo.discard(address)
+        self._deliverPresence(presence, jid)
+
+    def _deliverPresence(self, presence: domish.Element, jid) -> None:
+        if jid.resource:
+            target = self.router.session(jid.userhost(), jid.resource)
+            if target is not None:
+                target.deliver(presence)
+            return
+        for target in self.router.availableSessionsOf(jid.userhost()):
+            target.deliver(presence)
+
+    async def _probe(self, session: "Session", contact: str) -> None:
+        """An explicit probe: answered with the contact's presence if the user may see it."""
+        roster = await self.rosters.get(contact.split("@", 1)[0])
+        if not R.hasFrom(roster.get(session.bare)):
+            return
+        sessions = self.router.availableSessionsOf(contact)
+        for peer in sessions:
+            session.deliver(retarget(peer.presence, session.full))
+        if not sessions:
+            gone = makeElement("presence", type="unavailable", to=session.full)
+            gone["from"] = contact
+            session.deliver(gone)
+
+    # subscriptions ---------------------------------------------------------
+
+    def _subscriptionStanza(self, ptype: str, sender: str, to: str, original: Optional[domish.Element] = None) -> domish.Element:
+        stanza = makeElement("presence", type=ptype, to=to)
+        stanza["from"] = sender
+        if original is not None:
+            if original.getAttribute("id"):
+                stanza["id"] = original["id"]
+            for child in original.children:
+                if isinstance(child, domish.Element) and child.name == "status":
+                    stanza.addChild(child)
+        return stanza
+
+    def _deliverToUser(self, bare: str, stanza: domish.Element) -> None:
+        """Subscription stanzas go to every session that can show them."""
+        for target in self.router.sessionsOf(bare):
+            if target.presence is not None or target.interested:
+                target.deliver(stanza)
+
+    async def subscription(self, session: "Session", ptype: str, contact: str, presence: Optional[domish.Element] = None) -> None:
+        """
+        The user sends a subscription stanza to a local contact: update the user's roster, then
+        the contact's, then tell whoever must know.
+        """
+        user = session.bare
+        userPart, contactPart = session.localpart, contact.split("@", 1)[0]
+        first, second = sorted((userPart, contactPart))
+        async with self.rosters.lock(first):
+            async with self.rosters.lock(second):
+                await self._subscription(user, userPart, contact, contactPart, ptype, presence)
+
+    async def _subscription(self, user: str, userPart: str, contact: str, contactPart: str, ptype: str, presence: Optional[domish.Element]) -> None:
+        rosters = self.rosters
+        mine = await rosters.get(userPart)
+        item = mine.get(contact)
+        exists = self.router.hasSessions(contact) or await self.server.store.userExists(contactPart)
+        theirs = await rosters.get(contactPart) if exists else {}
+        their = theirs.get(user)
+        stanza = self._subscriptionStanza(ptype, user, contact, presence)
+
+        if ptype == "subscribe":
+            if not R.hasTo(item):
+                item = item or RosterItem(jid=contact)
+                item.askOut = True
+                item.inRoster = True
+                await rosters.save(userPart, mine, item)
+            if not exists:
+                await self._inboundUnsubscribed(userPart, mine, contact, user)
+                return
+            if R.hasFrom(their):
+                await self._inboundSubscribed(userPart, mine, contact, user)
+            elif their is not None and their.approved:
+                their.approved = False
+                R.addFrom(their)
+                await rosters.save(contactPart, theirs, their)
+                await self._inboundSubscribed(userPart, mine, contact, user)
+            else:
+                their = their or RosterItem(jid=user, inRoster=False)
+                if not their.pendingIn:
+                    their.pendingIn = True
+                    await rosters.save(contactPart, theirs, their)
+                self._deliverToUser(contact, stanza)
+
+        elif ptype == "subscribed":
+            if item is not None and item.pendingIn:
+                item.pendingIn = False
+                item.inRoster = True
+                R.addFrom(item)
+                await rosters.save(userPart, mine, item)
+                if exists:
+                    await self._inboundSubscribed(contactPart, theirs, user, contact, stanza)
+            elif not R.hasFrom(item):
+                # Pre-approval (RFC 6121 3.4).
+                item = item or RosterItem(jid=contact)
+                item.approved = True
+                item.inRoster = True
+                await rosters.save(userPart, mine, item)
+
+        elif ptype == "unsubscribe":
+            if item is not None and (R.hasTo(item) or item.askOut):
+                R.removeTo(item)
+                item.askOut = False
+                await rosters.save(userPart, mine, item)
+            if their is not None and (R.hasFrom(their) or their.pendingIn):
+                R.removeFrom(their)
+                their.pendingIn = False
+                their.approved = False
+                await rosters.save(contactPart, theirs, their)
+                self._deliverToUser(contact, stanza)
+                self._sendUnavailable(contact, user)
+
+        elif ptype == "unsubscribed":
+            if item is not None and (R.hasFrom(item) or item.pendingIn or item.approved):
+                R.removeFrom(item)
+                item.pendingIn = False
+                item.approved = False
+                await rosters.save(userPart, mine, item)
+            if exists:
+                await self._inboundUnsubscribed(contactPart, theirs, user, contact, stanza)
+            self._sendUnavailable(user, contact)
+
+    async def _inboundSubscribed(self, part: str, roster: R.Roster, contact: str, bare: str, stanza: Optional[domish.Element] = None) -> None:
+        """
+        C{contact} approved C{bare}'s request: C{bare} now sees C{contact}'s presence.
+        """
+        item = roster.get(contact)
+        if item is None or not item.askOut:
+            return
+        item.askOut = False
+        R.addTo(item)
+        await self.rosters.save(part, roster, item)
+        self._deliverToUser(bare, stanza or self._subscriptionStanza("subscribed", contact, bare))
+        for peer in self.router.availableSessionsOf(contact):
+            copy = retarget(peer.presence, bare)
+            for target in self.router.availableSessionsOf(bare):
+                target.deliver(copy)
+
+    async def _inboundUnsubscribed(self, part: str, roster: R.Roster, contact: str, bare: str, stanza: Optional[domish.Element] = None) -> None:
+        """C{contact} cancelled or denied C{bare}'s subscription to it."""
+        item = roster.get(contact)
+        if item is None or not (R.hasTo(item) or item.askOut):
+            return
+        R.removeTo(item)
+        item.askOut = False
+        await self.rosters.save(part, roster, item)
+        self._deliverToUser(bare, stanza or self._subscriptionStanza("unsubscribed", contact, bare))
+
+    def _sendUnavailable(self, sender: str, to: str) -> None:
+        """C{to} may no longer see C{sender}: unavailable from each of C{sender}'s resources."""
+        for peer in self.router.availableSessionsOf(sender):
+            gone = makeElement("presence", type="unavailable", to=to)
+            gone["from"] = peer.full
+            for target in self.router.availableSessionsOf(to):
+                target.deliver(gone)
+
+    async def removeContact(self, session: "Session", contact: str) -> None:
+        """
+        Roster remove (RFC 6121 2.5): cancel both directions of the subscription, then delete.
+        """
+        from xmppjson.error import NotFound
+
+        roster = await self.rosters.get(session.localpart)
+        item = roster.get(contact)
+        if item is None or not item.inRoster:
+            raise NotFound(f"{contact} is not in the roster")
+        contactPart = contact.split("@", 1)[0]
+        if contact.endswith("@" + self.domain):
+            if R.hasTo(item) or item.askOut:
+                await self.subscription(session, "unsubscribe", contact)
+            if R.hasFrom(item) or item.pendingIn:
+                await self.subscription(session, "unsubscribed", contact)
+        async with self.rosters.lock(session.localpart):
+            roster = await self.rosters.get(session.localpart)
+            await self.rosters.delete(session.localpart, roster, contact)
+        del contactPart

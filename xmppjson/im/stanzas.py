@@ -1,0 +1,190 @@
+"""
+Small helpers to build and inspect stanzas (C{domish.Element} in C{jabber:client}), shared by the
+IM core.  No I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import os
+from typing import Optional
+
+from twisted.words.protocols.jabber import error as jerror
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from twisted.words.xish import domish
+
+NS_CLIENT = "jabber:client"
+NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+NS_DELAY = "urn:xmpp:delay"
+NS_SID = "urn:xmpp:sid:0"
+NS_ROSTER = "jabber:iq:roster"
+NS_PING = "urn:xmpp:ping"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_VERSION = "jabber:iq:version"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+CHAT_STATES = frozenset(("active", "composing", "paused", "inactive", "gone"))
+MESSAGE_TYPES = frozenset(("chat", "error", "groupchat", "headline", "normal"))
+SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
+
+_jidCache: dict[str, JID] = {}
+_JID_CACHE_MAX = 20000
+
+
+def parseJID(text: str) -> JID:
+    """
+    Parse and stringprep a JID, with a bounded cache: the same few thousand addresses recur in
+    every stanza, and stringprep is the most expensive step of routing.
+
+    @raise InvalidFormat: for a malformed JID.
+    """
+    found = _jidCache.get(text)
+    if found is None:
+        found = JID(text)
+        if len(_jidCache) >= _JID_CACHE_MAX:
+            _jidCache.clear()
+        _jidCache[text] = found
+    return found
+
+
+def tryJID(text: Optional[str]) -> Optional[JID]:
+    """L{parseJID}, but C{None} for a missing or malformed address."""
+    if not text:
+        return None
+    try:
+        return parseJID(text)
+    except (InvalidFormat, UnicodeError, ValueError):
+        return None
+
+
+def now(reactor) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
+
+
+def stamp(when: datetime.datetime) -> str:
+    """XEP-0082 date-time in UTC with microseconds."""
+    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def newStanzaId() -> str:
+    """A unique, unguessable server-assigned id (XEP-0359)."""
+    return base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
+
+
+def makeElement(name: str, **attrs: Optional[str]) -> domish.Element:
+    element = domish.Element((NS_CLIENT, name))
+    for key, value in attrs.items():
+        if value is not None:
+            element[key] = value
+    return element
+
+
+def retarget(stanza: domish.Element, to: Optional[str]) -> domish.Element:
+    """
+    A shallow copy of C{stanza} with another C{to}, sharing the (never mutated) children, for
+    fanning one presence out to many contacts without copying its payload.
+    """
+    copy = domish.Element((stanza.uri, stanza.name), stanza.defaultUri)
+    copy.attributes = dict(stanza.attributes)
+    copy.children = stanza.children
+    if to is None:
+        copy.attributes.pop("to", None)
+    else:
+        copy.attributes["to"] = to
+    return copy
+
+
+def firstChild(stanza: domish.Element, name: str, uri: Optional[str] = None):
+    for child in stanza.children:
+        if isinstance(child, domish.Element) and child.name == name and (
+            uri is None or child.uri == uri
+        ):
+            return child
+    return None
+
+
+def childText(stanza: domish.Element, name: str) -> Optional[str]:
+    child = firstChild(stanza, name, NS_CLIENT)
+    if child is None:
+        child = firstChild(stanza, name)
+    return None if child is None else str(child)
+
+
+def hasBody(stanza: domish.Element) -> bool:
+    """Whether a message carries content worth storing offline (a body or a subject)."""
+    for child in stanza.children:
+        if isinstance(child, domish.Element) and child.name in ("body", "subject") and (
+            child.uri in (NS_CLIENT, None)
+        ):
+            return True
+    return False
+
+
+def errorReply(
+    stanza: domish.Element,
+    condition: str,
+    errorType: Optional[str] = None,
+    text: Optional[str] = None,
+    sender: Optional[str] = None,
+) -> domish.Element:
+    """
+    The error response to C{stanza} (RFC 6120 section 8.3): addresses swapped, same id, type
+    C{error}, the original payload kept, and an C{<error/>} child.
+
+    @param sender: the C{from} of the reply when the stanza had no C{to} (the server itself).
+    """
+    reply = domish.Element((NS_CLIENT, stanza.name))
+    to = stanza.getAttribute("from")
+    frm = stanza.getAttribute("to") or sender
+    if to:
+        reply["to"] = to
+    if frm:
+        reply["from"] = frm
+    if stanza.getAttribute("id") is not None:
+        reply["id"] = stanza["id"]
+    reply["type"] = "error"
+    for child in stanza.children:
+        if isinstance(child, domish.Element) and child.name != "error":
+            reply.addChild(child)
+    reply.addChild(jerror.StanzaError(condition, errorType, text).getElement())
+    return reply
+
+
+def iqResult(iq: domish.Element, sender: Optional[str] = None) -> domish.Element:
+    """An empty C{result} to an iq get/set."""
+    reply = domish.Element((NS_CLIENT, "iq"))
+    if iq.getAttribute("from"):
+        reply["to"] = iq["from"]
+    frm = iq.getAttribute("to") or sender
+    if frm:
+        reply["from"] = frm
+    reply["id"] = iq.getAttribute("id", "")
+    reply["type"] = "result"
+    return reply
+
+
+def addDelay(stanza: domish.Element, when: datetime.datetime, by: str) -> None:
+    """Add a XEP-0203 delay stamp (replacing none: a stanza keeps its first, oldest stamp)."""
+    if firstChild(stanza, "delay", NS_DELAY) is not None:
+        return
+    delay = stanza.addElement((NS_DELAY, "delay"))
+    delay["stamp"] = stamp(when)
+    delay["from"] = by
+
+
+def parseStanza(xml: str) -> domish.Element:
+    """
+    Parse one serialised stanza (as stored by the server itself) back into an element in
+    C{jabber:client}.
+    """
+    result: list[domish.Element] = []
+    stream = domish.elementStream()
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = result.append
+    stream.DocumentEndEvent = lambda: None
+    stream.parse(b"<s xmlns='jabber:client'>" + xml.encode("utf-8") + b"</s>")
+    if len(result) != 1:
+        raise ValueError("expected exactly one stored stanza")
+    return result[0]
