@@ -1,0 +1,525 @@
+"""
+Tests for L{xmppjson.storage}: one mixin of behaviour tests, L{StoreTestsMixin}, run against
+every backend (SQLite in a file, SQLite in memory, PostgreSQL) so that they provably behave alike.
+
+These tests do real I/O (a worker thread for SQLite, sockets for PostgreSQL), so they run on
+trial's reactor; time-dependent behaviour (retries) is driven with short delays or a
+L{task.Clock}.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from xmppjson.error import StoreUnavailable
+from xmppjson.storage import (
+    PROFILE_FIELDS,
+    Credentials,
+    IStore,
+    RosterItem,
+    ScramKeys,
+    UnknownUser,
+    UserExists,
+    openStore,
+    schema,
+)
+from xmppjson.storage.sql import SchemaTooNew, SQLStore
+from xmppjson.storage.sqlite import SQLiteStore
+
+UTC = datetime.UTC
+T0 = datetime.datetime(2024, 5, 17, 12, 30, 15, 123456, tzinfo=UTC)
+FAST_RETRY = (0.01, 0.05)
+
+KEYS1 = ScramKeys(salt=b"\x00salt\xff", iterations=4096, storedKey=b"\x01" * 20, serverKey=b"\xfe" * 20)
+KEYS256 = ScramKeys(salt=bytes(range(16)), iterations=10000, storedKey=b"\x80" * 32, serverKey=b"\x00" * 32)
+CREDS = Credentials({"SCRAM-SHA-1": KEYS1, "SCRAM-SHA-256": KEYS256})
+
+
+async def waitFor(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Let the reactor run until C{predicate()} holds (real I/O needs real turns)."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not reached in time")
+        await task.deferLater(reactor, 0.005, lambda: None)
+
+
+if TYPE_CHECKING:
+    _MixinBase = unittest.TestCase
+else:
+    _MixinBase = object
+
+
+class StoreTestsMixin(_MixinBase):
+    """
+    Behaviour every L{IStore} backend must have.  A test case mixes this in with
+    L{unittest.TestCase} and provides:
+
+     - C{makeStore(**kwargs)}: a new, unstarted store on the test database (the same database on
+       every call within a test);
+     - C{reopenable}: whether a second store on the test database sees the first one's data;
+     - C{makeUnreachableStore(**kwargs)} and C{repair()}: a store whose database cannot be
+       reached until C{repair()} is called.
+    """
+
+    reopenable = True
+    store: SQLStore
+
+    def makeStore(self, **kwargs: Any) -> SQLStore:
+        raise NotImplementedError()
+
+    def makeUnreachableStore(self, **kwargs: Any) -> SQLStore:
+        raise NotImplementedError()
+
+    def repair(self) -> None:
+        raise NotImplementedError()
+
+    async def setUp(self) -> None:
+        self.store = self.makeStore()
+        self.addCleanup(self.store.close)
+        await self.store.start()
+
+    # users
+
+    def test_interface(self) -> None:
+        self.assertTrue(IStore.providedBy(self.store))
+        self.assertIn(self.store.backendName, ("sqlite", "postgresql"))
+
+    async def test_createUser(self) -> None:
+        self.assertFalse(await self.store.userExists("alice"))
+        await self.store.createUser("alice", CREDS)
+        self.assertTrue(await self.store.userExists("alice"))
+        self.assertFalse(await self.store.userExists("bob"))
+
+    async def test_createUserExisting(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        other = Credentials({"SCRAM-SHA-1": KEYS256})
+        await self.assertFailure(self.store.createUser("alice", other), UserExists)
+        # the failed attempt changed nothing
+        self.assertEqual(await self.store.getCredentials("alice"), CREDS)
+
+    async def test_credentialsRoundTrip(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        creds = await self.store.getCredentials("alice")
+        self.assertEqual(creds, CREDS)
+        self.assertIsInstance(creds.keys["SCRAM-SHA-1"].salt, bytes)
+        self.assertIsInstance(creds.keys["SCRAM-SHA-256"].storedKey, bytes)
+
+    async def test_credentialsUnknownUser(self) -> None:
+        self.assertIsNone(await self.store.getCredentials("nobody"))
+
+    async def test_userWithoutKeys(self) -> None:
+        await self.store.createUser("alice", Credentials({}))
+        self.assertEqual(await self.store.getCredentials("alice"), Credentials({}))
+
+    async def test_setCredentials(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        replacement = Credentials({"SCRAM-SHA-256": KEYS1})
+        await self.store.setCredentials("alice", replacement)
+        # replaced, not merged: the old SCRAM-SHA-1 keys are gone
+        self.assertEqual(await self.store.getCredentials("alice"), replacement)
+
+    async def test_setCredentialsUnknownUser(self) -> None:
+        await self.assertFailure(self.store.setCredentials("nobody", CREDS), UnknownUser)
+        await self.assertFailure(
+            self.store.setCredentials("nobody", Credentials({})), UnknownUser
+        )
+        self.assertFalse(await self.store.userExists("nobody"))
+
+    # profile and last presence
+
+    async def test_profileDefaults(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        profile = await self.store.getProfile("alice")
+        self.assertEqual(
+            profile,
+            dict.fromkeys(PROFILE_FIELDS, None) | {"last_seen": None, "presence": "", "status": ""},
+        )
+
+    async def test_updateProfile(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        await self.store.updateProfile(
+            "alice", {"full_name": "Alice Ł. Żółć", "streer_2": "Flat 2", "email": "a@x.org"}
+        )
+        await self.store.updateProfile("alice", {"email": None, "city": "Kraków"})
+        profile = await self.store.getProfile("alice")
+        self.assertEqual(profile["full_name"], "Alice Ł. Żółć")
+        self.assertEqual(profile["streer_2"], "Flat 2")
+        self.assertIsNone(profile["email"])
+        self.assertEqual(profile["city"], "Kraków")
+        self.assertIsNone(profile["about"])
+        # another user's profile is untouched
+        self.assertIsNone((await self.store.getProfile("bob"))["full_name"])
+
+    async def test_everyProfileField(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        values = {name: f"value of {name}" for name in PROFILE_FIELDS}
+        await self.store.updateProfile("alice", values)
+        profile = await self.store.getProfile("alice")
+        self.assertEqual({name: profile[name] for name in PROFILE_FIELDS}, values)
+
+    async def test_profileUnknownUser(self) -> None:
+        self.assertIsNone(await self.store.getProfile("nobody"))
+        await self.assertFailure(
+            self.store.updateProfile("nobody", {"full_name": "X"}), UnknownUser
+        )
+        await self.assertFailure(self.store.updateProfile("nobody", {}), UnknownUser)
+
+    async def test_updateProfileUnknownField(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.assertFailure(
+            self.store.updateProfile("alice", {"localpart = 'x', full_name": "X"}), ValueError
+        )
+
+    async def test_lastPresence(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        # given in another zone, returned as the same instant in UTC
+        cest = datetime.timezone(datetime.timedelta(hours=2))
+        seen = datetime.datetime(2024, 5, 17, 14, 30, 15, 654321, tzinfo=cest)
+        self.assertTrue(await self.store.setLastPresence("alice", seen, "away", "lunch"))
+        profile = await self.store.getProfile("alice")
+        self.assertEqual(profile["last_seen"], seen)
+        self.assertEqual(profile["last_seen"].utcoffset(), datetime.timedelta(0))
+        self.assertEqual((profile["presence"], profile["status"]), ("away", "lunch"))
+        self.assertFalse(await self.store.setLastPresence("nobody", seen, "away", ""))
+
+    # tokens
+
+    async def test_tokens(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        hour = datetime.timedelta(hours=1)
+        await self.store.addToken("phone", "alice", T0 + hour)
+        await self.store.addToken("laptop", "alice", T0 + 2 * hour)
+        await self.store.addToken("bobs", "bob", T0 + hour)
+        # several live tokens per user
+        self.assertEqual(await self.store.lookupToken("phone", T0), "alice")
+        self.assertEqual(await self.store.lookupToken("laptop", T0), "alice")
+        self.assertEqual(await self.store.lookupToken("bobs", T0), "bob")
+        self.assertIsNone(await self.store.lookupToken("unknown", T0))
+        # expiry: valid strictly before the expiry instant
+        self.assertEqual(
+            await self.store.lookupToken("phone", T0 + hour - datetime.timedelta(microseconds=1)),
+            "alice",
+        )
+        self.assertIsNone(await self.store.lookupToken("phone", T0 + hour))
+        self.assertEqual(await self.store.lookupToken("laptop", T0 + hour), "alice")
+
+    async def test_revokeToken(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.addToken("phone", "alice", T0)
+        await self.store.addToken("laptop", "alice", T0)
+        before = T0 - datetime.timedelta(seconds=1)
+        self.assertTrue(await self.store.revokeToken("phone"))
+        self.assertFalse(await self.store.revokeToken("phone"))
+        self.assertIsNone(await self.store.lookupToken("phone", before))
+        self.assertEqual(await self.store.lookupToken("laptop", before), "alice")
+
+    async def test_revokeTokens(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        for name in ("a1", "a2", "a3"):
+            await self.store.addToken(name, "alice", T0)
+        await self.store.addToken("b1", "bob", T0)
+        self.assertEqual(await self.store.revokeTokens("alice"), 3)
+        self.assertEqual(await self.store.revokeTokens("alice"), 0)
+        before = T0 - datetime.timedelta(seconds=1)
+        self.assertIsNone(await self.store.lookupToken("a2", before))
+        self.assertEqual(await self.store.lookupToken("b1", before), "bob")
+
+    async def test_purgeExpiredTokens(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        minute = datetime.timedelta(minutes=1)
+        await self.store.addToken("old", "alice", T0 - minute)
+        await self.store.addToken("now", "alice", T0)
+        await self.store.addToken("new", "alice", T0 + minute)
+        self.assertEqual(await self.store.purgeExpiredTokens(T0), 2)
+        self.assertEqual(await self.store.purgeExpiredTokens(T0), 0)
+        self.assertEqual(await self.store.lookupToken("new", T0), "alice")
+        self.assertFalse(await self.store.revokeToken("old"))
+
+    async def test_addTokenUnknownUser(self) -> None:
+        await self.assertFailure(self.store.addToken("h", "nobody", T0), UnknownUser)
+
+    # roster
+
+    async def test_roster(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        self.assertEqual(await self.store.getRoster("alice"), [])
+        carol = RosterItem("carol@example.org", name="Carol", groups=["Friends", "Work"])
+        bob = RosterItem(
+            "bob@localhost", subscription="both", askOut=True, approved=True, groups=[]
+        )
+        pending = RosterItem("dave@example.org", inRoster=False, pendingIn=True)
+        for item in (carol, bob, pending):
+            await self.store.setRosterItem("alice", item)
+        self.assertEqual(await self.store.getRoster("alice"), [bob, carol, pending])
+        self.assertEqual(await self.store.getRoster("bob"), [])
+
+    async def test_rosterUpsert(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.setRosterItem(
+            "alice", RosterItem("carol@x", name="C", askOut=True, groups=["A"])
+        )
+        updated = RosterItem(
+            "carol@x", name=None, subscription="to", pendingIn=True, groups=["B", "Ünïcode"]
+        )
+        await self.store.setRosterItem("alice", updated)
+        self.assertEqual(await self.store.getRoster("alice"), [updated])
+
+    async def test_removeRosterItem(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.setRosterItem("alice", RosterItem("carol@x"))
+        await self.store.setRosterItem("alice", RosterItem("dave@x"))
+        self.assertTrue(await self.store.removeRosterItem("alice", "carol@x"))
+        self.assertFalse(await self.store.removeRosterItem("alice", "carol@x"))
+        self.assertEqual([i.jid for i in await self.store.getRoster("alice")], ["dave@x"])
+
+    async def test_rosterUnknownUser(self) -> None:
+        await self.assertFailure(
+            self.store.setRosterItem("nobody", RosterItem("carol@x")), UnknownUser
+        )
+
+    # offline messages
+
+    async def test_offline(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        # stored order is delivery order, whatever the stamps say
+        stamps = [T0, T0 - datetime.timedelta(seconds=5), T0 + datetime.timedelta(days=1)]
+        ids = []
+        for n, stamp in enumerate(stamps):
+            ids.append(await self.store.storeOffline("alice", stamp, f"<message id='m{n}'/>"))
+        bobsId = await self.store.storeOffline("bob", T0, "<message id='b'/>")
+        messages = await self.store.getOffline("alice")
+        self.assertEqual([m.id for m in messages], ids)
+        self.assertEqual([m.stamp for m in messages], stamps)
+        self.assertEqual([m.xml for m in messages], [f"<message id='m{n}'/>" for n in range(3)])
+        self.assertEqual(messages[0].stamp.tzinfo.utcoffset(None), datetime.timedelta(0))
+        self.assertEqual(len(set(ids + [bobsId])), 4)
+
+    async def test_deleteOffline(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        a1 = await self.store.storeOffline("alice", T0, "<message id='1'/>")
+        a2 = await self.store.storeOffline("alice", T0, "<message id='2'/>")
+        b1 = await self.store.storeOffline("bob", T0, "<message id='b'/>")
+        # another user's id is not deleted, an unknown id is ignored
+        self.assertEqual(await self.store.deleteOffline("alice", [a1, b1, 999999]), 1)
+        self.assertEqual(await self.store.deleteOffline("alice", []), 0)
+        self.assertEqual([m.id for m in await self.store.getOffline("alice")], [a2])
+        self.assertEqual([m.id for m in await self.store.getOffline("bob")], [b1])
+
+    async def test_deleteManyOffline(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        ids = [await self.store.storeOffline("alice", T0, "<message/>") for _ in range(5)]
+        # more ids than one statement carries
+        self.assertEqual(await self.store.deleteOffline("alice", ids + list(range(10**6, 10**6 + 1200))), 5)
+        self.assertEqual(await self.store.getOffline("alice"), [])
+
+    async def test_offlineUnknownUser(self) -> None:
+        await self.assertFailure(self.store.storeOffline("nobody", T0, "<message/>"), UnknownUser)
+        self.assertEqual(await self.store.getOffline("nobody"), [])
+
+    async def test_concurrentCalls(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        ids = await defer.gatherResults(
+            [self.store.storeOffline("alice", T0, f"<message id='{n}'/>") for n in range(40)]
+        )
+        self.assertEqual(len(set(ids)), 40)
+        self.assertEqual(len(await self.store.getOffline("alice")), 40)
+
+    # account deletion
+
+    async def test_deleteUserCascades(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        await self.store.updateProfile("alice", {"full_name": "Alice"})
+        await self.store.addToken("tok", "alice", T0)
+        await self.store.setRosterItem("alice", RosterItem("bob@localhost"))
+        await self.store.setRosterItem("bob", RosterItem("alice@localhost"))
+        await self.store.storeOffline("alice", T0, "<message/>")
+        self.assertTrue(await self.store.deleteUser("alice"))
+        self.assertFalse(await self.store.deleteUser("alice"))
+        self.assertFalse(await self.store.userExists("alice"))
+        self.assertIsNone(await self.store.getProfile("alice"))
+        # a new account of the same name inherits nothing
+        await self.store.createUser("alice", Credentials({}))
+        self.assertEqual(await self.store.getCredentials("alice"), Credentials({}))
+        self.assertIsNone((await self.store.getProfile("alice"))["full_name"])
+        self.assertIsNone(await self.store.lookupToken("tok", T0 - datetime.timedelta(days=1)))
+        self.assertEqual(await self.store.getRoster("alice"), [])
+        self.assertEqual(await self.store.getOffline("alice"), [])
+        # other users' data is theirs: bob's roster still names alice
+        self.assertEqual([i.jid for i in await self.store.getRoster("bob")], ["alice@localhost"])
+
+    # schema and lifecycle
+
+    async def test_schemaVersion(self) -> None:
+        self.assertEqual(await self.store.getSchemaVersion(), schema.CURRENT_VERSION)
+        self.assertEqual(self.store.migrationsApplied, [v for v, _ in schema.MIGRATIONS])
+        self.assertTrue(await self.store.ping())
+
+    async def test_startTwice(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.start()
+        self.assertTrue(await self.store.userExists("alice"))
+        self.assertEqual(await self.store.getSchemaVersion(), schema.CURRENT_VERSION)
+
+    async def test_reopen(self) -> None:
+        if not self.reopenable:
+            raise unittest.SkipTest("the database does not outlive its store")
+        await self.store.createUser("alice", CREDS)
+        await self.store.close()
+        again = self.makeStore()
+        self.addCleanup(again.close)
+        await again.start()
+        self.assertEqual(again.migrationsApplied, [])
+        self.assertEqual(await again.getSchemaVersion(), schema.CURRENT_VERSION)
+        self.assertEqual(await again.getCredentials("alice"), CREDS)
+
+    async def test_schemaTooNew(self) -> None:
+        if not self.reopenable:
+            raise unittest.SkipTest("the database does not outlive its store")
+        await self.store._execute(
+            "INSERT INTO schema_version (version, applied) VALUES (%s, %s)",
+            (schema.CURRENT_VERSION + 1, self.store._ts(T0)),
+        )
+        await self.store.close()
+        again = self.makeStore()
+        self.addCleanup(again.close)
+        await self.assertFailure(again.start(), SchemaTooNew)
+        self.flushLoggedErrors(SchemaTooNew)
+        await self.assertFailure(again.userExists("alice"), StoreUnavailable)
+
+    # availability
+
+    async def test_notStarted(self) -> None:
+        store = self.makeStore()
+        self.addCleanup(store.close)
+        for d in (
+            store.ping(),
+            store.userExists("alice"),
+            store.createUser("alice", CREDS),
+            store.getOffline("alice"),
+        ):
+            await self.assertFailure(d, StoreUnavailable)
+
+    async def test_closed(self) -> None:
+        await self.store.close()
+        await self.assertFailure(self.store.userExists("alice"), StoreUnavailable)
+        await self.assertFailure(self.store.start(), StoreUnavailable)
+        await self.store.close()
+
+    async def test_unreachableThenRecovers(self) -> None:
+        store = self.makeUnreachableStore(retryDelay=FAST_RETRY)
+        self.addCleanup(store.close)
+        started = store.start()
+        self.assertFalse(started.called)
+        await self.assertFailure(store.userExists("alice"), StoreUnavailable)
+        await self.assertFailure(store.ping(), StoreUnavailable)
+        # keeps trying for a while, then the database comes back
+        await task.deferLater(reactor, 0.15, lambda: None)
+        self.assertFalse(started.called)
+        self.repair()
+        await started
+        self.assertTrue(await store.ping())
+        await store.createUser("alice", CREDS)
+        self.assertTrue(await store.userExists("alice"))
+
+    async def test_retryBackoffAndClose(self) -> None:
+        clock = task.Clock()
+        store = self.makeUnreachableStore(clock=clock, retryDelay=(1.0, 5.0))
+        self.addCleanup(store.close)
+        started = store.start()
+        delays = []
+        for _ in range(5):
+            await waitFor(lambda: bool(clock.getDelayedCalls()))
+            [call] = clock.getDelayedCalls()
+            delays.append(call.getTime() - clock.seconds())
+            clock.advance(delays[-1])
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 5.0, 5.0])
+        await waitFor(lambda: bool(clock.getDelayedCalls()))
+        await store.close()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        await self.assertFailure(started, StoreUnavailable)
+
+
+class SQLiteFileTests(StoreTestsMixin, unittest.TestCase):
+    """The mixin against an SQLite file in the test's temporary directory."""
+
+    def setUp(self) -> Any:
+        self.directory = self.mktemp()
+        os.mkdir(self.directory)
+        return super().setUp()
+
+    def makeStore(self, **kwargs: Any) -> SQLStore:
+        return SQLiteStore(os.path.join(self.directory, "xmppjson.sqlite3"), reactor, **kwargs)
+
+    def makeUnreachableStore(self, **kwargs: Any) -> SQLStore:
+        self.missing = os.path.join(self.directory, "not-yet")
+        return SQLiteStore(os.path.join(self.missing, "db.sqlite3"), reactor, **kwargs)
+
+    def repair(self) -> None:
+        os.mkdir(self.missing)
+
+    async def test_walMode(self) -> None:
+        rows = await self.store._fetch("PRAGMA journal_mode")
+        self.assertEqual(rows, [("wal",)])
+        self.assertEqual(await self.store._fetch("PRAGMA foreign_keys"), [(1,)])
+
+    async def test_relativePath(self) -> None:
+        """C{sqlite:NAME} is relative to the working directory."""
+        here = os.getcwd()
+        self.directory = os.path.abspath(self.directory)
+        os.chdir(self.directory)
+        self.addCleanup(os.chdir, here)
+        store = openStore("sqlite:relative.sqlite3", reactor)
+        self.addCleanup(store.close)
+        await store.start()
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "relative.sqlite3")))
+
+
+class SQLiteMemoryTests(StoreTestsMixin, unittest.TestCase):
+    """The mixin against C{sqlite::memory:}, as other modules' tests use it."""
+
+    reopenable = False
+
+    def makeStore(self, **kwargs: Any) -> SQLStore:
+        if kwargs:
+            return SQLiteStore(":memory:", reactor, **kwargs)
+        store = openStore("sqlite::memory:", reactor)
+        return store
+
+    def makeUnreachableStore(self, **kwargs: Any) -> SQLStore:
+        self.missing = self.mktemp()
+        return SQLiteStore(os.path.join(self.missing, "db.sqlite3"), reactor, **kwargs)
+
+    def repair(self) -> None:
+        os.makedirs(self.missing)
+
+    async def test_memoryPersistsAcrossCalls(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(await self.store.userExists("alice"))
+
+
+class OpenStoreTests(unittest.TestCase):
+    """L{openStore} picks the backend from the URL."""
+
+    def test_sqlite(self) -> None:
+        store = openStore("sqlite:some/file.db", reactor)
+        self.assertIsInstance(store, SQLiteStore)
+        self.assertEqual(store.path, "some/file.db")
+        self.assertEqual(openStore("sqlite::memory:", reactor).path, ":memory:")
+
+    def test_unknown(self) -> None:
+        self.assertRaises(ValueError, openStore, "mysql://x/y", reactor)

@@ -1,0 +1,161 @@
+"""
+The versioned database schema, shared by every SQL backend.
+
+The schema is an ordered list of L{MIGRATIONS}, each a version number and the statements that take
+a database from the previous version to it.  L{xmppjson.storage.sql.SQLStore.start} creates the
+C{schema_version} table when missing, reads the highest version applied, and applies every later
+migration, each in one transaction together with the row that records it.
+
+Rules for changing the schema:
+ - never edit a migration that has been released: append a new one with the next version number;
+ - spell column lists out literally here, never derive them from Python constants that may change
+   later (such as L{xmppjson.storage.PROFILE_FIELDS}), or an old migration would change meaning;
+ - write statements with the dialect placeholders of L{DIALECTS} (C{{serial}}, C{{blob}},
+   C{{timestamp}}, C{{bool}}, C{{false}}, C{{true}}) where SQLite and PostgreSQL differ.
+
+Storage conventions: timestamps are UTC (TEXT in a fixed-width sortable form on SQLite,
+TIMESTAMPTZ on PostgreSQL), booleans are 0/1 on SQLite, binary values are BLOB/BYTEA, roster
+groups are a JSON array in text.
+"""
+
+from __future__ import annotations
+
+# The table that records which migrations have been applied.  It is not itself a migration,
+# because reading it is how a store learns which migrations it needs.
+VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version INTEGER PRIMARY KEY,"
+    " applied {timestamp} NOT NULL)"
+)
+
+# Type names and literals that differ between the backends.
+DIALECTS: dict[str, dict[str, str]] = {
+    "sqlite": {
+        # AUTOINCREMENT so that an id is never reused after deletion: offline message ids are
+        # handed to sessions, and a reused id could delete the wrong message.
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "blob": "BLOB",
+        # ISO 8601 text, always UTC, always with microseconds: sorts like the instant it names.
+        "timestamp": "TEXT",
+        "bool": "INTEGER",
+        "false": "0",
+        "true": "1",
+    },
+    "postgresql": {
+        "serial": "BIGSERIAL PRIMARY KEY",
+        "blob": "BYTEA",
+        "timestamp": "TIMESTAMPTZ",
+        "bool": "BOOLEAN",
+        "false": "FALSE",
+        "true": "TRUE",
+    },
+}
+
+_V1_PROFILE_COLUMNS = (
+    "full_name",
+    "nick_name",
+    "company",
+    "department",
+    "position",
+    "role",
+    "street",
+    "streer_2",
+    "city",
+    "state",
+    "zip_code",
+    "country",
+    "about",
+    "email",
+    "www",
+    "phone",
+    "birthday",
+    "avatar",
+)
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            (
+                "CREATE TABLE users ("
+                " localpart TEXT PRIMARY KEY,"
+                " created {timestamp} NOT NULL,"
+                + "".join(f" {column} TEXT," for column in _V1_PROFILE_COLUMNS)
+                + " last_seen {timestamp},"
+                " presence TEXT,"
+                " status TEXT)"
+            ),
+            (
+                "CREATE TABLE scram_keys ("
+                " localpart TEXT NOT NULL REFERENCES users (localpart) ON DELETE CASCADE,"
+                " mechanism TEXT NOT NULL,"
+                " salt {blob} NOT NULL,"
+                " iterations INTEGER NOT NULL,"
+                " stored_key {blob} NOT NULL,"
+                " server_key {blob} NOT NULL,"
+                " PRIMARY KEY (localpart, mechanism))"
+            ),
+            (
+                "CREATE TABLE tokens ("
+                " hash TEXT PRIMARY KEY,"
+                " localpart TEXT NOT NULL REFERENCES users (localpart) ON DELETE CASCADE,"
+                " expires {timestamp} NOT NULL)"
+            ),
+            # revokeTokens and the cascade look tokens up by user, the purge by expiry.
+            "CREATE INDEX tokens_localpart ON tokens (localpart)",
+            "CREATE INDEX tokens_expires ON tokens (expires)",
+            (
+                "CREATE TABLE roster ("
+                " localpart TEXT NOT NULL REFERENCES users (localpart) ON DELETE CASCADE,"
+                " contact TEXT NOT NULL,"
+                " name TEXT,"
+                " subscription TEXT NOT NULL DEFAULT 'none',"
+                " ask_out {bool} NOT NULL DEFAULT {false},"
+                " pending_in {bool} NOT NULL DEFAULT {false},"
+                " approved {bool} NOT NULL DEFAULT {false},"
+                " in_roster {bool} NOT NULL DEFAULT {true},"
+                # "groups" is a keyword in both dialects (window frames), hence the suffix.
+                " groups_json TEXT NOT NULL DEFAULT '[]',"
+                " PRIMARY KEY (localpart, contact))"
+            ),
+            # Finding every user who has a given contact (account deletion, presence probes).
+            "CREATE INDEX roster_contact ON roster (contact)",
+            (
+                "CREATE TABLE offline ("
+                " id {serial},"
+                " localpart TEXT NOT NULL REFERENCES users (localpart) ON DELETE CASCADE,"
+                " stamp {timestamp} NOT NULL,"
+                " xml TEXT NOT NULL)"
+            ),
+            "CREATE INDEX offline_localpart ON offline (localpart, id)",
+        ],
+    ),
+    # Version 2 and later (the message archive, ...) are appended here.
+]
+
+CURRENT_VERSION: int = MIGRATIONS[-1][0]
+
+
+def render(statement: str, dialect: str) -> str:
+    """
+    Replace the dialect placeholders of a schema statement.
+
+    @param statement: a statement from L{MIGRATIONS} or L{VERSION_TABLE}.
+    @param dialect: a key of L{DIALECTS}.
+    @return: the statement as the backend must run it.
+    """
+    return statement.format(**DIALECTS[dialect])
+
+
+def migrationsAfter(version: int, dialect: str) -> list[tuple[int, list[str]]]:
+    """
+    The migrations a database at C{version} still needs, oldest first, rendered for C{dialect}.
+
+    @param version: the highest version already applied (0 for an empty database).
+    @param dialect: a key of L{DIALECTS}.
+    """
+    return [
+        (number, [render(statement, dialect) for statement in statements])
+        for number, statements in MIGRATIONS
+        if number > version
+    ]

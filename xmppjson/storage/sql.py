@@ -1,0 +1,712 @@
+"""
+The SQL store: every L{IStore} method, written once for all SQL backends.
+
+A backend (L{xmppjson.storage.sqlite}, L{xmppjson.storage.pgsql}) subclasses L{SQLStore} and
+provides only the primitives that differ between drivers:
+
+ - C{_openConnection} / C{_closeConnection}: build and tear down its connection pool;
+ - C{_runFetch(sql, params)}: run one statement that returns rows (C{SELECT}, C{... RETURNING});
+ - C{_runExecute(sql, params)}: run one statement whose result is not needed;
+ - C{_runBatch(statements)}: run several statements atomically, in one transaction, and fire
+   with the rows of each (C{[]} for a statement without a result set);
+ - C{_classify(failure)}: say whether a driver failure means "unavailable", "integrity" or is a
+   bug;
+ - C{_timestampToDB} / C{_timestampFromDB}: the storage form of a UTC instant.
+
+Single statements plus one atomic batch are enough because the logic never needs to read in the
+middle of a transaction: every write that must be all-or-nothing is a fixed list of statements,
+and constraints (primary keys, foreign keys) rather than prior reads decide whether it may happen.
+This keeps the logic free of the difference between adbapi (an interaction runs synchronously in
+a thread) and txpostgres (every C{execute} returns a Deferred).
+
+SQL is written once, with C{%s} placeholders (the SQLite backend rewrites them to C{?}), in the
+common subset of SQLite 3.35+ and PostgreSQL 10+ (C{ON CONFLICT}, C{RETURNING}).
+
+Availability: L{SQLStore.start} keeps retrying in the background, with a capped exponential
+backoff, until the database can be reached and its schema is current.  Until then, and whenever
+the backend reports its connection lost, every method fails at once with L{StoreUnavailable}.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable, Coroutine, Sequence
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from xmppjson.error import Conflict, StoreUnavailable
+from xmppjson.storage import (
+    PROFILE_FIELDS,
+    Credentials,
+    OfflineMessage,
+    RosterItem,
+    ScramKeys,
+    UnknownUser,
+    UserExists,
+    schema,
+)
+
+UTC = datetime.UTC
+
+Params = Sequence[Any]
+Statement = tuple[str, Params]
+Rows = list[tuple[Any, ...]]
+
+# What a backend's _classify may answer.
+UNAVAILABLE = "unavailable"
+INTEGRITY = "integrity"
+
+# Store states.
+_IDLE = "idle"  # built, start() never called
+_CONNECTING = "connecting"  # an attempt is running or a retry is scheduled
+_READY = "ready"
+_FAILED = "failed"  # start() hit an error that retrying cannot fix (see log)
+_CLOSED = "closed"
+
+# How many offline message ids one DELETE names: well under SQLite's parameter limit.
+_DELETE_CHUNK = 500
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class IntegrityViolation(Exception):
+    """
+    A constraint (primary key, foreign key, unique) refused a write.  Internal to the storage
+    layer: each method turns it into the domain error it means (L{UserExists}, L{UnknownUser}).
+    """
+
+
+class SchemaTooNew(Exception):
+    """The database was upgraded by a newer xmppjson; this one must not touch it."""
+
+
+def _deferred(
+    f: Callable[_P, Coroutine[Any, Any, _T]]
+) -> Callable[_P, Deferred[_T]]:
+    """
+    Make an C{async def} method return a L{Deferred}, as L{IStore} promises, so that callers may
+    use either C{await} or C{addCallback}.
+    """
+
+    @wraps(f)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
+        return Deferred.fromCoroutine(f(*args, **kwargs))
+
+    return wrapper
+
+
+def utc(when: datetime.datetime) -> datetime.datetime:
+    """
+    Normalise a datetime to aware UTC.  A naive datetime is taken to be UTC already (the server
+    never deals in local time).
+    """
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+class SQLStore:
+    """
+    The logic of L{IStore} over the primitives of a SQL backend (see the module docstring).
+
+    @ivar migrationsApplied: the schema versions the last successful L{start} applied (empty when
+        the database was already current).
+    @ivar dialect: the key of L{schema.DIALECTS} for this backend.
+    """
+
+    log = Logger()
+    backendName = "sql"
+    dialect = ""
+
+    def __init__(
+        self,
+        reactor: Any = None,
+        clock: Any = None,
+        retryDelay: tuple[float, float] = (0.5, 30.0),
+    ):
+        """
+        @param reactor: the reactor the backend does its I/O with; C{None} for the global one.
+        @param clock: the L{IReactorTime} that schedules reconnection attempts; defaults to
+            C{reactor} (tests pass a L{twisted.internet.task.Clock}).
+        @param retryDelay: the first and the largest delay between two attempts to reach the
+            database, in seconds; the delay doubles after each failed attempt.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self._retryInitial, self._retryMax = retryDelay
+        self._state = _IDLE
+        self._waiting: list[Deferred[None]] = []
+        self._retryCall: Any = None  # an IDelayedCall while a retry is scheduled
+        self._failedAttempts = 0
+        # Bumped whenever the connection is dropped, so that late failures and "connection lost"
+        # notices from an old connection cannot tear down its replacement.
+        self._generation = 0
+        self.migrationsApplied: list[int] = []
+
+    # ---------------------------------------------------------------- backend primitives
+
+    def _openConnection(self) -> Deferred[Any]:
+        """Open the connection (pool); fire when a query can run."""
+        raise NotImplementedError()
+
+    def _closeConnection(self) -> Any:
+        """Close the connection (pool), if open.  Must not fail."""
+        raise NotImplementedError()
+
+    def _runFetch(self, sql: str, params: Params) -> Deferred[Rows]:
+        raise NotImplementedError()
+
+    def _runExecute(self, sql: str, params: Params) -> Deferred[None]:
+        raise NotImplementedError()
+
+    def _runBatch(self, statements: list[Statement]) -> Deferred[list[Rows]]:
+        raise NotImplementedError()
+
+    def _classify(self, failure: Failure) -> str | None:
+        """L{UNAVAILABLE}, L{INTEGRITY}, or C{None} for any other failure (a bug)."""
+        raise NotImplementedError()
+
+    def _connectionBroken(self, failure: Failure) -> bool:
+        """
+        Whether an "unavailable" failure means the connection must be rebuilt (as opposed to a
+        failure of one statement, such as a lock timeout).
+        """
+        return False
+
+    def _timestampToDB(self, when: datetime.datetime) -> Any:
+        raise NotImplementedError()
+
+    def _timestampFromDB(self, value: Any) -> datetime.datetime:
+        raise NotImplementedError()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def isReady(self) -> bool:
+        """Whether the store can serve right now."""
+        return self._state == _READY
+
+    def start(self) -> Deferred[None]:
+        """
+        Connect and upgrade the schema.  Fires once the store can serve, which may be long after
+        the call if the database is unreachable: attempts are repeated in the background with a
+        capped exponential backoff.  Fails if the store is closed before that, or for an error
+        that retrying cannot fix (such as a schema newer than this server).
+
+        Calling it again while the store is ready fires at once; while it is (re)connecting, the
+        returned Deferred fires when it is ready.
+        """
+        if self._state == _READY:
+            return succeed(None)
+        if self._state == _CLOSED:
+            return fail(StoreUnavailable("the store is closed"))
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        if self._state in (_IDLE, _FAILED):
+            self._state = _CONNECTING
+            self._failedAttempts = 0
+            self._attempt()
+        return d
+
+    def close(self) -> Deferred[None]:
+        """
+        Stop retrying, close the connections, and fail any L{start} still waiting.
+        """
+        if self._state == _CLOSED:
+            return succeed(None)
+        self._state = _CLOSED
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        self._retryCall = None
+        d = maybeDeferred(self._dropConnection)
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            w.errback(StoreUnavailable("the store was closed before the database was reached"))
+        return d.addCallback(lambda _: None)
+
+    def _dropConnection(self) -> Any:
+        self._generation += 1
+        return self._closeConnection()
+
+    def _attempt(self) -> None:
+        self._retryCall = None
+        d = Deferred.fromCoroutine(self._connectAndUpgrade())
+        d.addCallbacks(self._attemptSucceeded, self._attemptFailed)
+
+    async def _connectAndUpgrade(self) -> None:
+        await self._mapped(self._openConnection())
+        await self._upgrade()
+
+    def _attemptSucceeded(self, _: object) -> None:
+        if self._state != _CONNECTING:
+            # closed while the attempt was running; close() already dropped the connection
+            return
+        self._state = _READY
+        self._failedAttempts = 0
+        self.log.info("{backend} store ready", backend=self.backendName)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def _attemptFailed(self, reason: Failure) -> None:
+        if self._state != _CONNECTING:
+            return
+        self._dropConnection()
+        if not reason.check(StoreUnavailable):
+            self._state = _FAILED
+            self.log.failure("The {backend} store cannot start", reason, backend=self.backendName)
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.errback(reason)
+            return
+        delay = min(self._retryInitial * 2 ** min(self._failedAttempts, 30), self._retryMax)
+        self._failedAttempts += 1
+        cause = reason.value.__cause__
+        self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
+            "{backend} database unavailable ({cause}); retrying in {delay:.1f}s",
+            backend=self.backendName,
+            cause=str(cause or reason.value).strip(),
+            delay=delay,
+        )
+        self._retryCall = self._clock.callLater(delay, self._attempt)
+
+    def _connectionLost(self, generation: int, why: str) -> None:
+        """
+        The backend's connection broke while the store was serving: fail fast from now on and
+        reconnect in the background.  Notices about a connection already replaced are ignored.
+        """
+        if generation != self._generation or self._state != _READY:
+            return
+        self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
+            "Lost the {backend} database ({why}); reconnecting", backend=self.backendName, why=why
+        )
+        self._state = _CONNECTING
+        self._failedAttempts = 0
+        self._dropConnection()
+        self._retryCall = self._clock.callLater(0, self._attempt)
+
+    # ---------------------------------------------------------------- schema
+
+    async def _upgrade(self) -> None:
+        """Create the version table if needed and apply every missing migration."""
+        self.migrationsApplied = []
+        await self._mapped(self._runExecute(schema.render(schema.VERSION_TABLE, self.dialect), ()))
+        while True:
+            current = await self._schemaVersion()
+            if current > schema.CURRENT_VERSION:
+                raise SchemaTooNew(
+                    f"the database schema is at version {current}, newer than the "
+                    f"{schema.CURRENT_VERSION} this server knows; upgrade xmppjson"
+                )
+            pending = schema.migrationsAfter(current, self.dialect)
+            if not pending:
+                return
+            for version, statements in pending:
+                # The version row goes first: if another server is applying the same migration
+                # at the same moment, its primary key makes one of the two transactions fail as
+                # a whole, and the loser re-reads the version instead of failing to start.
+                batch: list[Statement] = [
+                    (
+                        "INSERT INTO schema_version (version, applied) VALUES (%s, %s)",
+                        (version, self._timestampToDB(self._now())),
+                    )
+                ]
+                batch.extend((statement, ()) for statement in statements)
+                try:
+                    await self._mapped(self._runBatch(batch))
+                except IntegrityViolation:
+                    break
+                self.log.info(
+                    "{backend} schema upgraded to version {version}",
+                    backend=self.backendName,
+                    version=version,
+                )
+                self.migrationsApplied.append(version)
+
+    async def _schemaVersion(self) -> int:
+        rows = await self._mapped(
+            self._runFetch("SELECT COALESCE(MAX(version), 0) FROM schema_version", ())
+        )
+        return int(rows[0][0])
+
+    @_deferred
+    async def getSchemaVersion(self) -> int:
+        """
+        Fire with the highest schema version recorded in the database (for tools and tests).
+        """
+        rows = await self._fetch("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        return int(rows[0][0])
+
+    # ---------------------------------------------------------------- guarded primitives
+
+    def _mapped(self, d: Deferred[_T], generation: int | None = None) -> Deferred[_T]:
+        return d.addErrback(self._translate, generation)
+
+    def _translate(self, reason: Failure, generation: int | None) -> Failure:
+        """
+        Turn a driver failure into L{StoreUnavailable} or L{IntegrityViolation}; let anything
+        else (a bug) through untouched so it is logged with its traceback.
+        """
+        kind = self._classify(reason)
+        if kind == INTEGRITY:
+            raise IntegrityViolation(str(reason.value)) from reason.value
+        if kind == UNAVAILABLE:
+            if generation is not None and self._connectionBroken(reason):
+                self._connectionLost(generation, str(reason.value).strip() or repr(reason.value))
+            elif generation is not None:
+                self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
+                    "{backend} query failed: {error}",
+                    backend=self.backendName,
+                    error=str(reason.value).strip(),
+                )
+            raise StoreUnavailable() from reason.value
+        return reason
+
+    def _guarded(self, run: Callable[..., Deferred[_T]], *args: Any) -> Deferred[_T]:
+        if self._state != _READY:
+            # fail fast: nothing waits for a database that is not there
+            return fail(StoreUnavailable())
+        generation = self._generation
+        try:
+            d = run(*args)
+        except Exception:  # noqa: BLE001 -- a driver may raise before it has a Deferred
+            d = fail()
+        return self._mapped(d, generation)
+
+    def _fetch(self, sql: str, params: Params = ()) -> Deferred[Rows]:
+        return self._guarded(self._runFetch, sql, params)
+
+    def _execute(self, sql: str, params: Params = ()) -> Deferred[None]:
+        return self._guarded(self._runExecute, sql, params)
+
+    def _batch(self, statements: list[Statement]) -> Deferred[list[Rows]]:
+        return self._guarded(self._runBatch, statements)
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self._reactor.seconds(), UTC)
+
+    def _ts(self, when: datetime.datetime) -> Any:
+        return self._timestampToDB(utc(when))
+
+    def _tsOrNone(self, value: Any) -> datetime.datetime | None:
+        return None if value is None else self._timestampFromDB(value)
+
+    # ---------------------------------------------------------------- IStore
+
+    @_deferred
+    async def ping(self) -> bool:
+        """Fire with C{True} when a trivial query succeeds."""
+        await self._fetch("SELECT 1")
+        return True
+
+    # users
+
+    def _keyInserts(self, localpart: str, credentials: Credentials) -> list[Statement]:
+        return [
+            (
+                (
+                    "INSERT INTO scram_keys"
+                    " (localpart, mechanism, salt, iterations, stored_key, server_key)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)"
+                ),
+                (
+                    localpart,
+                    mechanism,
+                    bytes(keys.salt),
+                    int(keys.iterations),
+                    bytes(keys.storedKey),
+                    bytes(keys.serverKey),
+                ),
+            )
+            for mechanism, keys in sorted(credentials.keys.items())
+        ]
+
+    @_deferred
+    async def createUser(self, localpart: str, credentials: Credentials) -> None:
+        """Create an account with its password keys; fails with L{UserExists}."""
+        statements: list[Statement] = [
+            (
+                "INSERT INTO users (localpart, created) VALUES (%s, %s)",
+                (localpart, self._ts(self._now())),
+            )
+        ]
+        statements.extend(self._keyInserts(localpart, credentials))
+        try:
+            await self._batch(statements)
+        except IntegrityViolation:
+            raise UserExists(localpart) from None
+
+    @_deferred
+    async def userExists(self, localpart: str) -> bool:
+        """Fire with whether the account exists."""
+        rows = await self._fetch("SELECT 1 FROM users WHERE localpart = %s", (localpart,))
+        return bool(rows)
+
+    @_deferred
+    async def getCredentials(self, localpart: str) -> Credentials | None:
+        """Fire with the user's L{Credentials}, or C{None} for an unknown user."""
+        rows = await self._fetch(
+            "SELECT k.mechanism, k.salt, k.iterations, k.stored_key, k.server_key"
+            " FROM users u LEFT JOIN scram_keys k ON k.localpart = u.localpart"
+            " WHERE u.localpart = %s",
+            (localpart,),
+        )
+        if not rows:
+            return None
+        keys = {
+            mechanism: ScramKeys(bytes(salt), int(iterations), bytes(stored), bytes(server))
+            for mechanism, salt, iterations, stored, server in rows
+            if mechanism is not None
+        }
+        return Credentials(keys)
+
+    @_deferred
+    async def setCredentials(self, localpart: str, credentials: Credentials) -> None:
+        """Replace the user's password keys; fails with L{UnknownUser}."""
+        # Without keys no insert would trip the foreign key, so check the user explicitly.
+        if not credentials.keys and not await self.userExists(localpart):
+            raise UnknownUser(f"no user {localpart!r}")
+        statements: list[Statement] = [
+            ("DELETE FROM scram_keys WHERE localpart = %s", (localpart,))
+        ]
+        statements.extend(self._keyInserts(localpart, credentials))
+        try:
+            await self._batch(statements)
+        except IntegrityViolation:
+            raise UnknownUser(f"no user {localpart!r}") from None
+
+    @_deferred
+    async def deleteUser(self, localpart: str) -> bool:
+        """
+        Delete the user and, by cascade, their keys, tokens, roster and offline messages.
+        Fires with whether the user existed.
+        """
+        rows = await self._fetch(
+            "DELETE FROM users WHERE localpart = %s RETURNING localpart", (localpart,)
+        )
+        return bool(rows)
+
+    # profile and last presence
+
+    @_deferred
+    async def getProfile(self, localpart: str) -> dict[str, Any] | None:
+        """
+        Fire with every key of L{PROFILE_FIELDS} (C{None} where unset) plus C{last_seen} (aware
+        UTC datetime or C{None}), C{presence} and C{status} (C{""} when unset); or C{None} for an
+        unknown user.
+        """
+        columns = ", ".join(PROFILE_FIELDS)
+        rows = await self._fetch(
+            f"SELECT {columns}, last_seen, presence, status FROM users WHERE localpart = %s",
+            (localpart,),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        profile: dict[str, Any] = dict(zip(PROFILE_FIELDS, row))
+        lastSeen, presence, status = row[len(PROFILE_FIELDS):]
+        profile["last_seen"] = self._tsOrNone(lastSeen)
+        profile["presence"] = presence or ""
+        profile["status"] = status or ""
+        return profile
+
+    @_deferred
+    async def updateProfile(self, localpart: str, fields: dict[str, str | None]) -> None:
+        """
+        Set the given profile fields; fails with L{UnknownUser}.
+
+        @raise ValueError: for a key that is not in L{PROFILE_FIELDS}.
+        """
+        unknown = set(fields) - set(PROFILE_FIELDS)
+        if unknown:
+            # Column names are spliced into the SQL, so only known names may get there.
+            raise ValueError(f"unknown profile fields: {', '.join(sorted(unknown))}")
+        if not fields:
+            if not await self.userExists(localpart):
+                raise UnknownUser(f"no user {localpart!r}")
+            return
+        names = sorted(fields)
+        assignments = ", ".join(f"{name} = %s" for name in names)
+        rows = await self._fetch(
+            f"UPDATE users SET {assignments} WHERE localpart = %s RETURNING localpart",
+            tuple(fields[name] for name in names) + (localpart,),
+        )
+        if not rows:
+            raise UnknownUser(f"no user {localpart!r}")
+
+    @_deferred
+    async def setLastPresence(
+        self, localpart: str, lastSeen: datetime.datetime, presence: str, status: str
+    ) -> bool:
+        """
+        Record the user's live presence (a show value or C{"unavailable"}), status and time.
+        Fires with C{False} (and records nothing) for an unknown user: a presence change racing
+        an account deletion is not an error.
+        """
+        rows = await self._fetch(
+            "UPDATE users SET last_seen = %s, presence = %s, status = %s"
+            " WHERE localpart = %s RETURNING localpart",
+            (self._ts(lastSeen), presence, status, localpart),
+        )
+        return bool(rows)
+
+    # tokens
+
+    @_deferred
+    async def addToken(self, tokenHash: str, localpart: str, expires: datetime.datetime) -> None:
+        """Store a login token by its hash; fails with L{UnknownUser}."""
+        try:
+            await self._execute(
+                "INSERT INTO tokens (hash, localpart, expires) VALUES (%s, %s, %s)",
+                (tokenHash, localpart, self._ts(expires)),
+            )
+        except IntegrityViolation:
+            if not await self.userExists(localpart):
+                raise UnknownUser(f"no user {localpart!r}") from None
+            raise Conflict("token already stored") from None
+
+    @_deferred
+    async def lookupToken(self, tokenHash: str, now: datetime.datetime) -> str | None:
+        """Fire with the localpart owning the token if it expires after C{now}, else C{None}."""
+        rows = await self._fetch(
+            "SELECT localpart FROM tokens WHERE hash = %s AND expires > %s",
+            (tokenHash, self._ts(now)),
+        )
+        return rows[0][0] if rows else None
+
+    @_deferred
+    async def revokeToken(self, tokenHash: str) -> bool:
+        """Delete one token; fires with whether it existed."""
+        rows = await self._fetch("DELETE FROM tokens WHERE hash = %s RETURNING hash", (tokenHash,))
+        return bool(rows)
+
+    @_deferred
+    async def revokeTokens(self, localpart: str) -> int:
+        """Delete every token of a user; fires with how many."""
+        rows = await self._fetch(
+            "DELETE FROM tokens WHERE localpart = %s RETURNING hash", (localpart,)
+        )
+        return len(rows)
+
+    @_deferred
+    async def purgeExpiredTokens(self, now: datetime.datetime) -> int:
+        """Delete the tokens that expire at or before C{now}; fires with how many."""
+        rows = await self._fetch(
+            "DELETE FROM tokens WHERE expires <= %s RETURNING hash", (self._ts(now),)
+        )
+        return len(rows)
+
+    # roster
+
+    @_deferred
+    async def getRoster(self, localpart: str) -> list[RosterItem]:
+        """Fire with the user's roster items (including C{inRoster=False} ones), by JID."""
+        rows = await self._fetch(
+            "SELECT contact, name, subscription, ask_out, pending_in, approved, in_roster,"
+            " groups_json FROM roster WHERE localpart = %s ORDER BY contact",
+            (localpart,),
+        )
+        return [
+            RosterItem(
+                jid=contact,
+                name=name,
+                subscription=subscription,
+                askOut=bool(askOut),
+                pendingIn=bool(pendingIn),
+                approved=bool(approved),
+                inRoster=bool(inRoster),
+                groups=list(json.loads(groups)),
+            )
+            for contact, name, subscription, askOut, pendingIn, approved, inRoster, groups in rows
+        ]
+
+    @_deferred
+    async def setRosterItem(self, localpart: str, item: RosterItem) -> None:
+        """Insert or replace the item for C{item.jid}; fails with L{UnknownUser}."""
+        try:
+            await self._execute(
+                "INSERT INTO roster (localpart, contact, name, subscription, ask_out,"
+                " pending_in, approved, in_roster, groups_json)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (localpart, contact) DO UPDATE SET"
+                " name = excluded.name, subscription = excluded.subscription,"
+                " ask_out = excluded.ask_out, pending_in = excluded.pending_in,"
+                " approved = excluded.approved, in_roster = excluded.in_roster,"
+                " groups_json = excluded.groups_json",
+                (
+                    localpart,
+                    item.jid,
+                    item.name,
+                    item.subscription,
+                    bool(item.askOut),
+                    bool(item.pendingIn),
+                    bool(item.approved),
+                    bool(item.inRoster),
+                    json.dumps(list(item.groups)),
+                ),
+            )
+        except IntegrityViolation:
+            raise UnknownUser(f"no user {localpart!r}") from None
+
+    @_deferred
+    async def removeRosterItem(self, localpart: str, contact: str) -> bool:
+        """Delete the item; fires with whether it existed."""
+        rows = await self._fetch(
+            "DELETE FROM roster WHERE localpart = %s AND contact = %s RETURNING contact",
+            (localpart, contact),
+        )
+        return bool(rows)
+
+    # offline messages
+
+    @_deferred
+    async def storeOffline(self, localpart: str, stamp: datetime.datetime, xml: str) -> int:
+        """Store a message for later delivery; fires with its id; fails with L{UnknownUser}."""
+        try:
+            rows = await self._fetch(
+                "INSERT INTO offline (localpart, stamp, xml) VALUES (%s, %s, %s) RETURNING id",
+                (localpart, self._ts(stamp), xml),
+            )
+        except IntegrityViolation:
+            raise UnknownUser(f"no user {localpart!r}") from None
+        return int(rows[0][0])
+
+    @_deferred
+    async def getOffline(self, localpart: str) -> list[OfflineMessage]:
+        """Fire with the user's stored messages in the order they were stored."""
+        rows = await self._fetch(
+            "SELECT id, stamp, xml FROM offline WHERE localpart = %s ORDER BY id",
+            (localpart,),
+        )
+        return [
+            OfflineMessage(int(id_), self._timestampFromDB(stamp), xml) for id_, stamp, xml in rows
+        ]
+
+    @_deferred
+    async def deleteOffline(self, localpart: str, ids: list[int]) -> int:
+        """Delete delivered messages of this user; fires with how many were deleted."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return 0
+        statements: list[Statement] = []
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            chunk = ids[start:start + _DELETE_CHUNK]
+            marks = ", ".join(["%s"] * len(chunk))
+            statements.append(
+                (
+                    f"DELETE FROM offline WHERE localpart = %s AND id IN ({marks}) RETURNING id",
+                    (localpart, *chunk),
+                )
+            )
+        results = await self._batch(statements)
+        return sum(len(rows) for rows in results)

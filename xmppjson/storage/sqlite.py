@@ -1,0 +1,170 @@
+"""
+The embedded SQLite backend: C{twisted.enterprise.adbapi} over the standard C{sqlite3} module.
+
+One connection in one worker thread (C{cp_min=cp_max=1}): SQLite serialises writers anyway, and
+a single connection is what makes C{:memory:} work (a memory database lives exactly as long as
+its connection, here the pool's).  The file is opened in WAL mode with C{synchronous=NORMAL}
+(durable across application crashes, fast commits) and foreign keys on, which the schema's
+C{ON DELETE CASCADE} relies on.
+
+The connection runs in autocommit mode (C{isolation_level=None}) and a batch brackets itself
+with C{BEGIN IMMEDIATE}/C{COMMIT}: Python's implicit transactions would leave DDL outside the
+transaction, and a migration must be all or nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sqlite3
+from functools import lru_cache
+from typing import Any
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from xmppjson.storage import IStore
+from xmppjson.storage.sql import (
+    INTEGRITY,
+    UNAVAILABLE,
+    UTC,
+    Params,
+    Rows,
+    SQLStore,
+    Statement,
+)
+
+# Fixed width (always microseconds, never an offset: the value is UTC) so that text order is
+# time order and comparisons in SQL are correct.
+_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+# How long a statement waits for another process's write lock before failing (seconds).
+_BUSY_TIMEOUT = 5.0
+
+
+@lru_cache(maxsize=512)
+def _qmark(sql: str) -> str:
+    """Rewrite the shared C{%s} placeholders into sqlite3's C{?}."""
+    return sql.replace("%s", "?")
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    """Per-connection settings, run by adbapi right after connecting."""
+    connection.execute("PRAGMA journal_mode=WAL").fetchall()
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+
+
+def _rows(cursor: Any) -> Rows:
+    # description is None for a statement without a result set
+    return [tuple(row) for row in cursor.fetchall()] if cursor.description is not None else []
+
+
+def _fetchInteraction(cursor: Any, sql: str, params: Params) -> Rows:
+    cursor.execute(_qmark(sql), tuple(params))
+    return _rows(cursor)
+
+
+def _executeInteraction(cursor: Any, sql: str, params: Params) -> None:
+    cursor.execute(_qmark(sql), tuple(params))
+    # drain, so that a RETURNING statement runs to completion
+    cursor.fetchall()
+
+
+def _batchInteraction(cursor: Any, statements: list[Statement]) -> list[Rows]:
+    cursor.execute("BEGIN IMMEDIATE")
+    try:
+        results = []
+        for sql, params in statements:
+            cursor.execute(_qmark(sql), tuple(params))
+            results.append(_rows(cursor))
+        cursor.execute("COMMIT")
+    except BaseException:
+        try:
+            cursor.execute("ROLLBACK")
+        except sqlite3.Error:
+            # SQLite already rolled back on its own (some errors end the transaction)
+            pass
+        raise
+    return results
+
+
+@implementer(IStore)
+class SQLiteStore(SQLStore):
+    """
+    L{IStore} in an SQLite file (or in memory).
+
+    Nothing can break a connection to an embedded database, so "unavailable" here means the
+    file cannot be opened or written (missing directory, permissions, disk full, locked by
+    another process): L{start} retries opening it, and a failing statement fails alone with
+    L{StoreUnavailable}.
+    """
+
+    backendName = "sqlite"
+    dialect = "sqlite"
+
+    def __init__(
+        self,
+        path: str,
+        reactor: Any = None,
+        clock: Any = None,
+        retryDelay: tuple[float, float] = (0.5, 30.0),
+    ):
+        """
+        @param path: the database file, relative to the working directory, or C{":memory:"}.
+        @param reactor: see L{SQLStore.__init__}.
+        """
+        super().__init__(reactor=reactor, clock=clock, retryDelay=retryDelay)
+        self.path = path
+        self._pool: adbapi.ConnectionPool | None = None
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path!r}>"
+
+    def _openConnection(self) -> Deferred[Any]:
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3",
+            self.path,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=_configure,
+            cp_reactor=self._reactor,
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=_BUSY_TIMEOUT,
+        )
+        # adbapi connects lazily: run a query so that a file that cannot be opened fails here.
+        return self._pool.runInteraction(_fetchInteraction, "SELECT 1", ())
+
+    def _closeConnection(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _runFetch(self, sql: str, params: Params) -> Deferred[Rows]:
+        assert self._pool is not None
+        return self._pool.runInteraction(_fetchInteraction, sql, params)
+
+    def _runExecute(self, sql: str, params: Params) -> Deferred[None]:
+        assert self._pool is not None
+        return self._pool.runInteraction(_executeInteraction, sql, params)
+
+    def _runBatch(self, statements: list[Statement]) -> Deferred[list[Rows]]:
+        assert self._pool is not None
+        return self._pool.runInteraction(_batchInteraction, statements)
+
+    def _classify(self, failure: Failure) -> str | None:
+        if failure.check(sqlite3.IntegrityError):
+            return INTEGRITY
+        # OperationalError covers "unable to open", "database is locked", "disk I/O error"; it
+        # also covers SQL mistakes, which the tests exist to catch.
+        if failure.check(sqlite3.OperationalError):
+            return UNAVAILABLE
+        return None
+
+    def _timestampToDB(self, when: datetime.datetime) -> str:
+        return when.strftime(_TIMESTAMP_FORMAT)
+
+    def _timestampFromDB(self, value: Any) -> datetime.datetime:
+        return datetime.datetime.strptime(value, _TIMESTAMP_FORMAT).replace(tzinfo=UTC)
