@@ -1,0 +1,1181 @@
+"""
+Tests for the XMPP door (L{xmppjson.c2s}): the real protocol on a L{StringTransport} with a
+L{task.Clock}, a real L{Accounts} and a real L{IMServer} on C{sqlite::memory:}.
+
+The store runs SQLite in a worker thread of the real reactor, so tests that authenticate or bind
+wait (briefly, on the real reactor) for the answer to appear on the transport; the code under
+test only ever sees the Clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from typing import Any
+
+from scramp import ScramClient
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+from twisted.words.xish import domish
+
+from xmppjson.accounts import Accounts
+from xmppjson.c2s import sasl, tls
+from xmppjson.c2s.stream import (
+    MAX_AUTH_FAILURES,
+    NS_BIND,
+    NS_CLIENT,
+    NS_SASL,
+    NS_SESSION,
+    NS_STREAMS,
+    NS_TLS,
+    C2SFactory,
+    C2SSession,
+    makeC2SFactory,
+)
+from xmppjson.config import Config
+from xmppjson.im.server import IMServer
+from xmppjson.storage import openStore
+
+DOMAIN = "localhost"
+NS_XMPP_STREAMS = "urn:ietf:params:xml:ns:xmpp-streams"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+HEADER = (
+    "<?xml version='1.0'?><stream:stream to='{to}' version='1.0' xml:lang='en' "
+    "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+)
+
+_serverTLS: tls.ServerTLS | None = None
+
+
+def serverTLS() -> tls.ServerTLS:
+    """One generated certificate for the whole module (RSA generation takes a moment)."""
+    global _serverTLS
+    if _serverTLS is None:
+        _serverTLS = tls.ServerTLS(*_optionsFor(tls.generateSelfSigned(DOMAIN)))
+    return _serverTLS
+
+
+def _optionsFor(pem: bytes) -> tuple[Any, str, bool, str]:
+    options, fingerprint = tls.contextFromPEM(pem, pem)
+    return options, "<memory>", True, fingerprint
+
+
+def realReactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+async def waitUntil(predicate: Any, timeout: float = 5.0) -> None:
+    """Let the store's thread and its callbacks run until C{predicate()} holds."""
+    reactor = realReactor()
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError("timed out waiting for the server")
+        await task.deferLater(reactor, 0.002, lambda: None)
+
+
+class Wire:
+    """
+    One client connection on a StringTransport, with a client-side parser for what the server
+    writes.
+
+    @ivar elements: top-level elements the server sent since the last L{take}.
+    @ivar headers: stream headers the server sent, in order.
+    """
+
+    def __init__(self, factory: C2SFactory, host: str = "127.0.0.1"):
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+        self.tlsStarted: list[Any] = []
+        self.protocol = factory.buildProtocol(self.transport.getPeer())
+        self.elements: list[domish.Element] = []
+        self.headers: list[domish.Element] = []
+        self.ended = False
+        self._newParser()
+        self.protocol.makeConnection(self.transport)
+
+    def fakeStartTLS(self) -> None:
+        """StringTransport has no TLS: record the call instead (the bytes stay readable)."""
+        self.transport.startTLS = self.tlsStarted.append  # type: ignore[attr-defined]
+
+    def _newParser(self) -> None:
+        self._parser = domish.elementStream()
+        self._parser.DocumentStartEvent = self.headers.append
+        self._parser.ElementEvent = self.elements.append
+        self._parser.DocumentEndEvent = self._onEnd
+
+    def _onEnd(self) -> None:
+        self.ended = True
+
+    def restart(self) -> None:
+        """The server restarted the stream (after TLS or SASL): read a new document."""
+        self.pump()
+        self._newParser()
+
+    def send(self, data: str | bytes) -> None:
+        self.protocol.dataReceived(data.encode("utf-8") if isinstance(data, str) else data)
+
+    def pump(self) -> None:
+        data = self.transport.value()
+        self.transport.clear()
+        if data:
+            self._parser.parse(data)
+
+    def take(self) -> list[domish.Element]:
+        self.pump()
+        elements, self.elements[:] = list(self.elements), []
+        return elements
+
+    def streamError(self) -> str | None:
+        """The condition of a stream error the server sent, if any."""
+        for element in self.take():
+            if element.uri == NS_STREAMS and element.name == "error":
+                for child in element.elements():
+                    if child.uri == NS_XMPP_STREAMS and child.name != "text":
+                        return child.name
+        return None
+
+    async def waitFor(self, name: str, uri: str | None = None) -> domish.Element:
+        """Wait until the server sends a top-level C{name} element; return it."""
+        found: list[domish.Element] = []
+
+        def look() -> bool:
+            self.pump()
+            for element in self.elements:
+                if element.name == name and (uri is None or element.uri == uri):
+                    found.append(element)
+                    self.elements.remove(element)
+                    return True
+            return False
+
+        await waitUntil(look)
+        return found[0]
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.disconnecting
+
+    def lose(self) -> None:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def saslText(element: domish.Element) -> bytes:
+    text = str(element).strip()
+    return b"" if text in ("", "=") else base64.b64decode(text)
+
+
+def failureCondition(element: domish.Element) -> str:
+    assert element.name == "failure", element.toXml()
+    return next(c.name for c in element.elements() if c.name != "text")
+
+
+def mechanisms(features: domish.Element) -> list[str]:
+    for child in features.elements(NS_SASL, "mechanisms"):
+        return [str(m) for m in child.elements(NS_SASL, "mechanism")]
+    return []
+
+
+class C2SFixture:
+    """A real Accounts and IMServer on sqlite::memory:, a Clock, and a factory for Wires."""
+
+    def __init__(self, testCase: unittest.TestCase, useTLS: bool = True, **configArgs: Any):
+        self.clock = task.Clock()
+        settings: dict[str, Any] = {
+            "domain": DOMAIN,
+            "db": "sqlite::memory:",
+            "scramIterations": 4096,
+        }
+        settings.update(configArgs)
+        self.config = Config(**settings)
+        self.store = openStore(self.config.db, realReactor())
+        self.accounts = Accounts(self.config, self.store, self.clock)
+        self.im = IMServer(self.config, self.store, self.clock)
+        self.factory = C2SFactory(
+            self.config, self.accounts, self.im, self.clock, serverTLS() if useTLS else None
+        )
+        self.wires: list[Wire] = []
+        testCase.addCleanup(self.stop)
+
+    async def start(self, *users: str) -> C2SFixture:
+        await self.store.start()
+        for user in users:
+            await self.accounts.register(user, "secret123")
+        return self
+
+    async def stop(self) -> None:
+        for wire in self.wires:
+            if not wire.protocol.lost:
+                wire.lose()
+        await self.im.shutdown()
+        await self.store.close()
+
+    def connect(self, host: str = "127.0.0.1") -> Wire:
+        wire = Wire(self.factory, host)
+        self.wires.append(wire)
+        return wire
+
+    def open(self, host: str = "127.0.0.1") -> tuple[Wire, domish.Element]:
+        """Connect and send the stream header; return the wire and the features."""
+        wire = self.connect(host)
+        wire.send(HEADER.format(to=DOMAIN))
+        elements = wire.take()
+        assert elements and elements[0].name == "features", [e.toXml() for e in elements]
+        return wire, elements[0]
+
+    async def plainLogin(
+        self, wire: Wire, user: str = "juliet", password: str = "secret123"
+    ) -> domish.Element:
+        payload = base64.b64encode(f"\x00{user}\x00{password}".encode()).decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+        return await wire.waitFor("success", NS_SASL)
+
+    async def login(self, user: str = "juliet", resource: str | None = "balcony") -> Wire:
+        """A bound session over PLAIN (the fixture must allow plaintext)."""
+        wire, _ = self.open()
+        await self.plainLogin(wire, user)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        resourceXML = f"<resource>{resource}</resource>" if resource else ""
+        wire.send(f"<iq type='set' id='b1'><bind xmlns='{NS_BIND}'>{resourceXML}</bind></iq>")
+        result = await wire.waitFor("iq")
+        assert result["type"] == "result", result.toXml()
+        return wire
+
+
+def stanzaErrorCondition(stanza: domish.Element) -> str:
+    error = next(stanza.elements(NS_CLIENT, "error"))
+    return next(c.name for c in error.elements() if c.uri == NS_STANZAS)
+
+
+def jidOfBind(result: domish.Element) -> str:
+    bind = next(result.elements(NS_BIND, "bind"))
+    return str(next(bind.elements(NS_BIND, "jid")))
+
+
+class StreamHeaderTests(unittest.TestCase):
+    """RFC 6120 section 4: the stream header and features."""
+
+    async def test_headerAndFeaturesTLSRequired(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, features = fx.open()
+        header = wire.headers[0]
+        self.assertEqual((header.uri, header.name), (NS_STREAMS, "stream"))
+        self.assertEqual(header["from"], DOMAIN)
+        self.assertEqual(header["version"], "1.0")
+        self.assertTrue(header["id"])
+        self.assertEqual(
+            header.getAttribute(("http://www.w3.org/XML/1998/namespace", "lang")), "en"
+        )
+        starttls = next(features.elements(NS_TLS, "starttls"))
+        self.assertEqual([c.name for c in starttls.elements()], ["required"])
+        # Nothing else may be negotiated before TLS when TLS is required.
+        self.assertEqual(mechanisms(features), [])
+
+    async def test_featuresAllowPlaintext(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start()
+        _, features = fx.open()
+        starttls = next(features.elements(NS_TLS, "starttls"))
+        self.assertEqual(list(starttls.elements()), [])
+        self.assertEqual(mechanisms(features), ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"])
+
+    async def test_featuresWithoutCertificate(self) -> None:
+        fx = await C2SFixture(self, useTLS=False).start()
+        _, features = fx.open()
+        self.assertEqual(list(features.elements(NS_TLS, "starttls")), [])
+        self.assertEqual(mechanisms(features), ["SCRAM-SHA-256", "SCRAM-SHA-1"])
+
+    async def test_hostUnknown(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire = fx.connect()
+        wire.send(HEADER.format(to="example.org"))
+        self.assertEqual(wire.streamError(), "host-unknown")
+        self.assertEqual(wire.headers[0]["from"], DOMAIN)
+        self.assertTrue(wire.ended)
+        self.assertTrue(wire.closed)
+
+    async def test_missingTo(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire = fx.connect()
+        wire.send(HEADER.replace("to='{to}' ", ""))
+        self.assertEqual(wire.streamError(), "host-unknown")
+
+    async def test_toIsCaseInsensitive(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire = fx.connect()
+        wire.send(HEADER.format(to="LocalHost"))
+        self.assertEqual(wire.take()[0].name, "features")
+
+    async def test_invalidNamespace(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire = fx.connect()
+        wire.send(HEADER.format(to=DOMAIN).replace("jabber:client", "jabber:server"))
+        self.assertEqual(wire.streamError(), "invalid-namespace")
+
+    async def test_wrongStreamNamespace(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire = fx.connect()
+        wire.send(HEADER.format(to=DOMAIN).replace("http://etherx.jabber.org/streams", "urn:x"))
+        self.assertEqual(wire.streamError(), "invalid-namespace")
+
+    async def test_unsupportedVersion(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire = fx.connect()
+        wire.send(HEADER.format(to=DOMAIN).replace(" version='1.0' xml:lang", " xml:lang"))
+        self.assertEqual(wire.streamError(), "unsupported-version")
+
+    async def test_streamIdChangesOnRestart(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        self.assertNotEqual(wire.headers[0]["id"], wire.headers[1]["id"])
+
+    async def test_clientCloses(self) -> None:
+        """C{</stream:stream>} from the client is answered with ours, then the connection closes."""
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.send("</stream:stream>")
+        wire.pump()
+        self.assertTrue(wire.ended)
+        self.assertTrue(wire.closed)
+
+    async def test_clientStreamError(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.send(f"<stream:error><system-shutdown xmlns='{NS_XMPP_STREAMS}'/></stream:error>")
+        wire.pump()
+        self.assertTrue(wire.ended)
+        self.assertTrue(wire.closed)
+
+    async def test_whitespaceKeepalive(self) -> None:
+        fx = await C2SFixture(self, maxStanzaSizePreAuth=64).start()
+        wire, _ = fx.open()
+        for _ in range(200):
+            wire.send(" ")
+        wire.send("\n\t ")
+        self.assertFalse(wire.closed)
+        self.assertEqual(wire.take(), [])
+
+
+class StartTLSTests(unittest.TestCase):
+    """RFC 6120 section 5, on a StringTransport whose startTLS is faked."""
+
+    async def test_proceed(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.fakeStartTLS()
+        wire.send(f"<starttls xmlns='{NS_TLS}'/>")
+        proceed = wire.take()
+        self.assertEqual([(e.uri, e.name) for e in proceed], [(NS_TLS, "proceed")])
+        self.assertEqual(wire.tlsStarted, [serverTLS().contextFactory])
+        self.assertTrue(wire.protocol.secure)
+        # The stream restarts: a new header gets a new header and the post-TLS features.
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        features = wire.take()[0]
+        self.assertEqual(list(features.elements(NS_TLS, "starttls")), [])
+        self.assertEqual(mechanisms(features), ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"])
+        self.assertEqual(len(wire.headers), 2)
+
+    async def test_plaintextAfterStartTLSIsDiscarded(self) -> None:
+        """
+        Bytes sent in the same packet after C{<starttls/>} (before the TLS handshake) never
+        become elements of the new stream (the STARTTLS command injection attack).
+        """
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.fakeStartTLS()
+        wire.send(
+            f"<starttls xmlns='{NS_TLS}'/>"
+            f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>AGp1bGlldABzZWNyZXQxMjM=</auth>"
+        )
+        wire.take()
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        self.assertEqual([e.name for e in wire.take()], ["features"])
+        self.assertFalse(wire.closed)
+        self.assertIsNone(wire.protocol.authenticator.authenticated)
+
+    async def test_startTLSTwice(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.fakeStartTLS()
+        wire.send(f"<starttls xmlns='{NS_TLS}'/>")
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        wire.send(f"<starttls xmlns='{NS_TLS}'/>")
+        self.assertEqual([e.name for e in wire.take()], ["failure"])
+        self.assertTrue(wire.closed)
+
+    async def test_noCertificate(self) -> None:
+        fx = await C2SFixture(self, useTLS=False).start()
+        wire, _ = fx.open()
+        wire.send(f"<starttls xmlns='{NS_TLS}'/>")
+        self.assertEqual([e.name for e in wire.take()], ["failure"])
+        self.assertTrue(wire.closed)
+
+
+class PlainTests(unittest.TestCase):
+    """SASL PLAIN (RFC 4616) and the failure conditions of RFC 6120 section 6.5."""
+
+    async def test_refusedWithoutTLS(self) -> None:
+        fx = await C2SFixture(self, useTLS=False).start("juliet")
+        wire, _ = fx.open()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>AGp1bGlldABzZWNyZXQxMjM=</auth>")
+        failure = await wire.waitFor("failure", NS_SASL)
+        self.assertEqual(failureCondition(failure), "encryption-required")
+        self.assertIsNone(wire.protocol.authenticator.authenticated)
+
+    async def test_refusedBeforeRequiredTLS(self) -> None:
+        fx = await C2SFixture(self).start("juliet")
+        wire, _ = fx.open()
+        wire.send(
+            f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-1'>biwsbj1qdWxpZXQscj1hYmM=</auth>"
+        )
+        failure = await wire.waitFor("failure", NS_SASL)
+        self.assertEqual(failureCondition(failure), "encryption-required")
+
+    async def test_allowedOverTLS(self) -> None:
+        fx = await C2SFixture(self).start("juliet")
+        wire, _ = fx.open()
+        wire.fakeStartTLS()
+        wire.send(f"<starttls xmlns='{NS_TLS}'/>")
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        await fx.plainLogin(wire)
+        self.assertEqual(wire.protocol.authenticator.authenticated, "juliet")
+
+    async def test_ok(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        success = await fx.plainLogin(wire, user="Juliet")
+        self.assertEqual(str(success), "")
+        self.assertEqual(wire.protocol.authenticator.authenticated, "juliet")
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        features = wire.take()[0]
+        self.assertEqual(len(list(features.elements(NS_BIND, "bind"))), 1)
+        session = next(features.elements(NS_SESSION, "session"))
+        self.assertEqual([c.name for c in session.elements()], ["optional"])
+        self.assertEqual(mechanisms(features), [])
+
+    async def test_noInitialResponse(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'/>")
+        challenge = await wire.waitFor("challenge", NS_SASL)
+        self.assertEqual(saslText(challenge), b"")
+        payload = base64.b64encode(b"\x00juliet\x00secret123").decode()
+        wire.send(f"<response xmlns='{NS_SASL}'>{payload}</response>")
+        await wire.waitFor("success", NS_SASL)
+
+    async def test_authzidOwnJID(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        payload = base64.b64encode(b"juliet@localhost\x00juliet\x00secret123").decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+        await wire.waitFor("success", NS_SASL)
+
+    async def test_authzidOther(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet", "romeo")
+        wire, _ = fx.open()
+        payload = base64.b64encode(b"romeo@localhost\x00juliet\x00secret123").decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+        failure = await wire.waitFor("failure", NS_SASL)
+        self.assertEqual(failureCondition(failure), "invalid-authzid")
+
+    async def test_badPassword(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        payload = base64.b64encode(b"\x00juliet\x00wrong-password").decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+        failure = await wire.waitFor("failure", NS_SASL)
+        self.assertEqual(failureCondition(failure), "not-authorized")
+        self.assertFalse(wire.closed)
+        # A retry with the right password works.
+        await fx.plainLogin(wire)
+
+    async def test_unknownUser(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        payload = base64.b64encode(b"\x00nobody\x00secret123").decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+        failure = await wire.waitFor("failure", NS_SASL)
+        self.assertEqual(failureCondition(failure), "not-authorized")
+
+    async def test_tooManyFailures(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        payload = base64.b64encode(b"\x00juliet\x00wrong-password").decode()
+        for attempt in range(MAX_AUTH_FAILURES):
+            wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+            failure = await wire.waitFor("failure", NS_SASL)
+            self.assertEqual(failureCondition(failure), "not-authorized")
+        self.assertEqual(wire.streamError(), "policy-violation")
+        self.assertTrue(wire.closed)
+
+    async def test_malformed(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        for message in (
+            b"juliet secret123",
+            b"\x00juliet",
+            b"a\x00b\x00c\x00d",
+            b"\xff\x00\xfe\x00x",
+        ):
+            payload = base64.b64encode(message).decode()
+            wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+            failure = await wire.waitFor("failure", NS_SASL)
+            self.assertEqual(failureCondition(failure), "malformed-request", message)
+            wire.protocol.authenticator.authFailures = 0
+
+    async def test_badBase64(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>not*base64!</auth>")
+        failure = await wire.waitFor("failure", NS_SASL)
+        self.assertEqual(failureCondition(failure), "incorrect-encoding")
+
+    async def test_invalidMechanism(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        for name in ("DIGEST-MD5", "SCRAM-SHA-1-PLUS", ""):
+            wire.send(f"<auth xmlns='{NS_SASL}' mechanism='{name}'>=</auth>")
+            failure = await wire.waitFor("failure", NS_SASL)
+            self.assertEqual(failureCondition(failure), "invalid-mechanism")
+            wire.protocol.authenticator.authFailures = 0
+
+    async def test_abort(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'/>")
+        await wire.waitFor("challenge", NS_SASL)
+        wire.send(f"<abort xmlns='{NS_SASL}'/>")
+        failure = await wire.waitFor("failure", NS_SASL)
+        self.assertEqual(failureCondition(failure), "aborted")
+        # The aborted exchange is gone: a response now is out of place.
+        wire.send(f"<response xmlns='{NS_SASL}'>AGp1bGlldABzZWNyZXQxMjM=</response>")
+        failure = await wire.waitFor("failure", NS_SASL)
+        self.assertEqual(failureCondition(failure), "malformed-request")
+
+    async def test_authAfterSuccess(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>AGp1bGlldABzZWNyZXQxMjM=</auth>")
+        self.assertEqual(wire.streamError(), "policy-violation")
+
+
+class ScramTests(unittest.TestCase):
+    """SCRAM-SHA-256 and SCRAM-SHA-1, computed on the client side by scramp."""
+
+    async def exchange(
+        self, mechanism: str, user: str = "juliet", password: str = "secret123"
+    ) -> tuple[Wire, domish.Element, ScramClient]:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, features = fx.open()
+        self.assertIn(mechanism, mechanisms(features))
+        client = ScramClient([mechanism], user, password)
+        first = base64.b64encode(client.get_client_first().encode()).decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism}'>{first}</auth>")
+        challenge = await wire.waitFor("challenge", NS_SASL)
+        client.set_server_first(saslText(challenge).decode())
+        final = base64.b64encode(client.get_client_final().encode()).decode()
+        wire.send(f"<response xmlns='{NS_SASL}'>{final}</response>")
+        result = await waitForEither(wire, "success", "failure")
+        return wire, result, client
+
+    async def test_sha256(self) -> None:
+        wire, result, client = await self.exchange("SCRAM-SHA-256")
+        self.assertEqual(result.name, "success")
+        # The server proves it knows the keys too (additional data with success).
+        client.set_server_final(saslText(result).decode())
+        self.assertEqual(wire.protocol.authenticator.authenticated, "juliet")
+
+    async def test_sha1(self) -> None:
+        _, result, client = await self.exchange("SCRAM-SHA-1")
+        self.assertEqual(result.name, "success")
+        client.set_server_final(saslText(result).decode())
+
+    async def test_badProof(self) -> None:
+        wire, result, _ = await self.exchange("SCRAM-SHA-256", password="wrong-password")
+        self.assertEqual(failureCondition(result), "not-authorized")
+        self.assertIsNone(wire.protocol.authenticator.authenticated)
+
+    async def test_unknownUser(self) -> None:
+        """
+        An unknown user gets a normal-looking challenge (with a salt that stays the same) and
+        fails only at the end, like a wrong password.
+        """
+        wire, result, client = await self.exchange("SCRAM-SHA-256", user="nobody")
+        self.assertEqual(failureCondition(result), "not-authorized")
+        salt = client.salt
+        again = ScramClient(["SCRAM-SHA-256"], "nobody", "x")
+        first = base64.b64encode(again.get_client_first().encode()).decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{first}</auth>")
+        challenge = await wire.waitFor("challenge", NS_SASL)
+        again.set_server_first(saslText(challenge).decode())
+        self.assertEqual(again.salt, salt)
+
+    async def test_clientFirstInResponse(self) -> None:
+        """Without an initial response the server asks for the client-first-message."""
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        client = ScramClient(["SCRAM-SHA-1"], "juliet", "secret123")
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-1'/>")
+        self.assertEqual(saslText(await wire.waitFor("challenge", NS_SASL)), b"")
+        first = base64.b64encode(client.get_client_first().encode()).decode()
+        wire.send(f"<response xmlns='{NS_SASL}'>{first}</response>")
+        client.set_server_first(saslText(await wire.waitFor("challenge", NS_SASL)).decode())
+        final = base64.b64encode(client.get_client_final().encode()).decode()
+        wire.send(f"<response xmlns='{NS_SASL}'>{final}</response>")
+        client.set_server_final(saslText(await wire.waitFor("success", NS_SASL)).decode())
+
+    async def test_malformedMessages(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        for message in (
+            b"garbage",
+            b"n,,r=abc",
+            b"n,,n=juliet",
+            b"n,,n=jul=41iet,r=abc",
+            b"x,,n=juliet,r=abc",
+            b"n,,n=juliet,r=abc,m=ext",
+            b"\xff\xfe",
+        ):
+            payload = base64.b64encode(message).decode()
+            wire.send(f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{payload}</auth>")
+            failure = await wire.waitFor("failure", NS_SASL)
+            self.assertEqual(failureCondition(failure), "malformed-request", message)
+            wire.protocol.authenticator.authFailures = 0
+        # A broken client-final after a good client-first.
+        client = ScramClient(["SCRAM-SHA-256"], "juliet", "secret123")
+        first = base64.b64encode(client.get_client_first().encode()).decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{first}</auth>")
+        await wire.waitFor("challenge", NS_SASL)
+        wire.send(
+            f"<response xmlns='{NS_SASL}'>{base64.b64encode(b'c=biws,r=zzz').decode()}</response>"
+        )
+        failure = await wire.waitFor("failure", NS_SASL)
+        self.assertEqual(failureCondition(failure), "malformed-request")
+        self.assertFalse(wire.closed)
+
+    def test_usernameEscapes(self) -> None:
+        self.assertEqual(sasl.parseScramUsername("n,,n=a=2Cb=3Dc,r=x"), "a,b=c")
+        self.assertRaises(sasl.SASLFailure, sasl.parseScramUsername, "n,,n=a=2,r=x")
+
+
+async def waitForEither(wire: Wire, *names: str) -> domish.Element:
+    found: list[domish.Element] = []
+
+    def look() -> bool:
+        wire.pump()
+        for element in wire.elements:
+            if element.name in names:
+                found.append(element)
+                wire.elements.remove(element)
+                return True
+        return False
+
+    await waitUntil(look)
+    return found[0]
+
+
+class BindTests(unittest.TestCase):
+    """Resource binding (RFC 6120 section 7) and the legacy session."""
+
+    async def test_clientResource(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login(resource="balcony")
+        session = wire.protocol.session
+        self.assertIsInstance(session, C2SSession)
+        self.assertEqual(session.full, "juliet@localhost/balcony")
+        self.assertIs(fx.im.router.session("juliet@localhost", "balcony"), session)
+
+    async def test_bindResultJID(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        wire.send(
+            f"<iq type='set' id='b1'><bind xmlns='{NS_BIND}'><resource>Home Ⅳ</resource></bind></iq>"
+        )
+        result = await wire.waitFor("iq")
+        self.assertEqual(result["id"], "b1")
+        # resourceprep (NFKC) applies to the requested resource.
+        self.assertEqual(jidOfBind(result), "juliet@localhost/Home IV")
+
+    async def test_generatedResource(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        wire.send(f"<iq type='set' id='b1'><bind xmlns='{NS_BIND}'/></iq>")
+        result = await wire.waitFor("iq")
+        jid = jidOfBind(result)
+        self.assertTrue(jid.startswith("juliet@localhost/"))
+        self.assertGreater(len(jid), len("juliet@localhost/"))
+        self.assertEqual(wire.protocol.session.full, jid)
+
+    async def test_invalidResource(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        wire.send(
+            f"<iq type='set' id='b1'><bind xmlns='{NS_BIND}'><resource>a\ue000b</resource></bind></iq>"
+        )
+        error = await wire.waitFor("iq")
+        self.assertEqual(error["type"], "error")
+        condition = stanzaErrorCondition(error)
+        self.assertEqual(condition, "bad-request")
+        self.assertIsNone(wire.protocol.session)
+        # The client may try again.
+        wire.send(
+            f"<iq type='set' id='b2'><bind xmlns='{NS_BIND}'><resource>ok</resource></bind></iq>"
+        )
+        self.assertEqual((await wire.waitFor("iq"))["type"], "result")
+
+    async def test_bindTwice(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        wire.send(
+            f"<iq type='set' id='b2'><bind xmlns='{NS_BIND}'><resource>other</resource></bind></iq>"
+        )
+        error = wire.take()[0]
+        self.assertEqual((error["type"], error["id"]), ("error", "b2"))
+        self.assertEqual(stanzaErrorCondition(error), "not-allowed")
+        self.assertEqual(wire.protocol.session.resource, "balcony")
+
+    async def test_legacySession(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        wire.send(f"<iq type='set' id='s1'><session xmlns='{NS_SESSION}'/></iq>")
+        result = wire.take()[0]
+        self.assertEqual((result.name, result["type"], result["id"]), ("iq", "result", "s1"))
+
+    async def test_openSessionRefused(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, maxSessionsPerUser=1).start("juliet")
+        await fx.login(resource="one")
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        wire.send(
+            f"<iq type='set' id='b1'><bind xmlns='{NS_BIND}'><resource>two</resource></bind></iq>"
+        )
+        error = await wire.waitFor("iq")
+        self.assertEqual(error["type"], "error")
+        self.assertIsNone(wire.protocol.session)
+        self.assertFalse(wire.closed)
+
+    async def test_conflict(self) -> None:
+        """A second bind of the same full JID replaces the first, which ends with conflict."""
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        first = await fx.login(resource="same")
+        second = await fx.login(resource="same")
+        self.assertEqual(first.streamError(), "conflict")
+        self.assertTrue(first.closed)
+        first.lose()
+        self.assertIs(fx.im.router.session("juliet@localhost", "same"), second.protocol.session)
+
+    async def test_pipelinedAfterBind(self) -> None:
+        """Stanzas sent right behind the bind request are handled once it is bound."""
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        wire.send(
+            f"<iq type='set' id='b1'><bind xmlns='{NS_BIND}'><resource>r</resource></bind></iq>"
+            f"<iq type='set' id='s1'><session xmlns='{NS_SESSION}'/></iq>"
+        )
+        await waitUntil(lambda: wire.pump() or len(wire.elements) >= 2)
+        self.assertEqual([e["id"] for e in wire.take()], ["b1", "s1"])
+        self.assertFalse(wire.closed)
+
+
+class StanzaGateTests(unittest.TestCase):
+    """What may and may not be sent before the stream is bound."""
+
+    async def test_stanzaBeforeAuth(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.send("<message to='romeo@localhost'><body>hi</body></message>")
+        self.assertEqual(wire.streamError(), "not-authorized")
+        self.assertTrue(wire.closed)
+
+    async def test_stanzaBeforeBind(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        wire.send("<presence/>")
+        self.assertEqual(wire.streamError(), "not-authorized")
+
+    async def test_unknownTopLevelElement(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        wire.send("<enable xmlns='urn:xmpp:sm:3'/>")
+        self.assertEqual(wire.streamError(), "unsupported-stanza-type")
+
+
+class XMLRestrictionTests(unittest.TestCase):
+    """Malformed and restricted XML, and the size limits."""
+
+    async def test_notWellFormed(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.send("<message><body>hi</message>")
+        self.assertEqual(wire.streamError(), "not-well-formed")
+        self.assertTrue(wire.closed)
+
+    async def test_notWellFormedHeader(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire = fx.connect()
+        wire.send("<<<")
+        self.assertEqual(wire.streamError(), "not-well-formed")
+        self.assertEqual(len(wire.headers), 1)
+
+    async def test_undefinedEntity(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.send("<message><body>&lol;</body></message>")
+        self.assertEqual(wire.streamError(), "not-well-formed")
+
+    async def test_dtdRefused(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire = fx.connect()
+        wire.send(
+            "<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'>"
+            "<!ENTITY lol2 '&lol;&lol;&lol;&lol;'>]>" + HEADER.format(to=DOMAIN)[21:]
+        )
+        self.assertEqual(wire.streamError(), "restricted-xml")
+        self.assertTrue(wire.closed)
+
+    async def test_processingInstructionRefused(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.send("<?evil data?>")
+        self.assertEqual(wire.streamError(), "restricted-xml")
+
+    async def test_commentRefused(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.send("<!-- hello -->")
+        self.assertEqual(wire.streamError(), "restricted-xml")
+
+    async def test_oversizePreAuth(self) -> None:
+        fx = await C2SFixture(self, maxStanzaSizePreAuth=1024).start()
+        wire, _ = fx.open()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>")
+        wire.send("A" * 600)
+        self.assertFalse(wire.closed)
+        wire.send("A" * 600)
+        self.assertEqual(wire.streamError(), "policy-violation")
+        self.assertTrue(wire.closed)
+
+    async def test_oversizePartialTag(self) -> None:
+        """An endless start tag is counted too, though expat has not produced an element yet."""
+        fx = await C2SFixture(self, maxStanzaSizePreAuth=1024).start()
+        wire, _ = fx.open()
+        wire.send("<auth a='")
+        for _ in range(5):
+            wire.send("x" * 300)
+        self.assertEqual(wire.streamError(), "policy-violation")
+
+    async def test_oversizeAfterAuth(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, maxStanzaSize=4096).start("juliet")
+        wire = await fx.login()
+        wire.send("<message to='juliet@localhost'><body>" + "x" * 3000 + "</body></message>")
+        self.assertFalse(wire.closed)
+        wire.send("<message to='juliet@localhost'><body>" + "x" * 5000)
+        self.assertEqual(wire.streamError(), "policy-violation")
+
+    async def test_manySmallStanzasInOneChunk(self) -> None:
+        """The limit is per stanza, not per read."""
+        fx = await C2SFixture(self, allowPlaintext=True, maxStanzaSize=1024).start("juliet")
+        wire = await fx.login()
+        wire.send(
+            "<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>"
+            * 100
+        )
+        self.assertFalse(wire.closed)
+        self.assertEqual(len(wire.take()), 100)
+
+    async def test_tooDeep(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        wire.send("<message><x xmlns='urn:x'>" + "<a>" * 200 + "</a>" * 200 + "</x></message>")
+        self.assertEqual(wire.streamError(), "policy-violation")
+
+
+class TimeoutTests(unittest.TestCase):
+    async def test_handshakeTimeout(self) -> None:
+        fx = await C2SFixture(self, handshakeTimeout=30).start()
+        wire, _ = fx.open()
+        fx.clock.advance(29)
+        self.assertFalse(wire.closed)
+        fx.clock.advance(2)
+        self.assertEqual(wire.streamError(), "connection-timeout")
+        self.assertTrue(wire.closed)
+
+    async def test_silentConnection(self) -> None:
+        fx = await C2SFixture(self, handshakeTimeout=30).start()
+        wire = fx.connect()
+        fx.clock.advance(31)
+        self.assertEqual(wire.streamError(), "connection-timeout")
+
+    async def test_noTimeoutOnceBound(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, handshakeTimeout=30).start("juliet")
+        wire = await fx.login()
+        fx.clock.advance(3600)
+        self.assertFalse(wire.closed)
+
+    async def test_idleTimeout(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, idleTimeout=100).start("juliet")
+        wire = await fx.login()
+        fx.clock.advance(60)
+        wire.send(" ")
+        fx.clock.advance(60)
+        self.assertFalse(wire.closed)
+        fx.clock.advance(50)
+        self.assertEqual(wire.streamError(), "connection-timeout")
+
+    async def test_slowReaderIsCut(self) -> None:
+        """A closed stream whose peer never reads is aborted after a while."""
+        fx = await C2SFixture(self).start()
+        wire = fx.connect()
+        wire.send("</junk>")
+        self.assertTrue(wire.transport.disconnecting)
+        fx.clock.advance(60)
+        self.assertTrue(wire.transport.disconnected)
+
+
+class SessionTests(unittest.TestCase):
+    """The bound session: routing through the real core, delivery, close, connection loss."""
+
+    async def test_messageBetweenSessions(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet", "romeo")
+        juliet = await fx.login("juliet", "balcony")
+        romeo = await fx.login("romeo", "garden")
+        juliet.send(
+            "<message to='romeo@localhost/garden' type='chat' id='m1'>"
+            "<body>Wherefore art thou?</body><request xmlns='urn:xmpp:receipts'/></message>"
+        )
+        message = await romeo.waitFor("message")
+        self.assertEqual(message["from"], "juliet@localhost/balcony")
+        self.assertEqual(message["id"], "m1")
+        self.assertEqual(str(next(message.elements(NS_CLIENT, "body"))), "Wherefore art thou?")
+        self.assertEqual(len(list(message.elements("urn:xmpp:receipts", "request"))), 1)
+
+    async def test_serverIqAnswered(self) -> None:
+        """An iq for the server goes to the core, which answers it (ping here)."""
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        wire.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        result = await wire.waitFor("iq")
+        self.assertEqual((result["type"], result["id"]), ("result", "p1"))
+
+    async def test_connectionLostClosesSession(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        session = wire.protocol.session
+        calls: list[Any] = []
+        original = fx.im.closeSession
+        fx.im.closeSession = lambda s: (calls.append(s), original(s))  # type: ignore[method-assign]
+        wire.lose()
+        self.assertEqual(calls, [session])
+        self.assertIsNone(fx.im.router.session("juliet@localhost", "balcony"))
+        self.assertFalse(session.active)
+
+    async def test_connectionLostBeforeBind(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        calls: list[Any] = []
+        fx.im.closeSession = calls.append  # type: ignore[method-assign]
+        wire.lose()
+        self.assertEqual(calls, [])
+
+    async def test_deliverAfterLossIsUndeliverable(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        session = wire.protocol.session
+        handedBack: list[Any] = []
+        fx.im.undeliverable = lambda s, e: handedBack.append((s, e))  # type: ignore[method-assign]
+        wire.lose()
+        message = domish.Element((NS_CLIENT, "message"))
+        session.deliver(message)
+        self.assertEqual(handedBack, [(session, message)])
+        self.assertEqual(wire.transport.value(), b"")
+
+    async def test_closeWithCondition(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        wire.protocol.session.close("system-shutdown", "bye")
+        self.assertEqual(wire.streamError(), "system-shutdown")
+        self.assertTrue(wire.ended)
+        self.assertTrue(wire.closed)
+        # Closing twice writes nothing more.
+        wire.protocol.session.close("conflict")
+        self.assertEqual(wire.transport.value(), b"")
+
+    async def test_coreFailureAnswersInternalError(self) -> None:
+        """A crash while handling one stanza answers it with an error; the stream carries on."""
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        original = fx.im.receive
+
+        def explode(session: Any, element: domish.Element) -> None:
+            if element.getAttribute("id") == "boom":
+                raise RuntimeError("bug")
+            original(session, element)
+
+        fx.im.receive = explode  # type: ignore[method-assign]
+        wire.send("<iq type='get' id='boom' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        error = wire.take()[0]
+        self.assertEqual((error["type"], error["id"]), ("error", "boom"))
+        self.assertEqual(stanzaErrorCondition(error), "internal-server-error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        wire.send("<iq type='get' id='p2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        self.assertEqual((await wire.waitFor("iq"))["id"], "p2")
+        self.assertFalse(wire.closed)
+
+    async def test_shutdownClosesNegotiatingStreams(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        fx.factory.stopFactory()
+        self.assertEqual(wire.streamError(), "system-shutdown")
+
+    async def test_connectionsPerAddress(self) -> None:
+        fx = await C2SFixture(self, maxConnectionsPerAddress=2).start()
+        first, second, third = fx.connect(), fx.connect(), fx.connect()
+        self.assertEqual(third.streamError(), "policy-violation")
+        self.assertFalse(first.closed or second.closed)
+        first.lose()
+        third.lose()
+        fourth = fx.connect()
+        self.assertFalse(fourth.closed)
+        self.assertFalse(fx.connect("10.0.0.1").closed)
+
+
+class TLSFileTests(unittest.TestCase):
+    """The certificate: configured PEM files, or one generated once and reused."""
+
+    def test_generatedOnceAndReused(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = Config(domain="chat.example", db=f"sqlite:{directory}/db.sqlite3")
+        first = tls.loadServerTLS(config)
+        assert first is not None
+        path = os.path.join(directory, "xmppjson-tls", "chat.example.pem")
+        self.assertEqual(first.certificatePath, path)
+        self.assertTrue(first.selfSigned)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        second = tls.loadServerTLS(config)
+        assert second is not None
+        self.assertEqual(first.fingerprint, second.fingerprint)
+
+    def test_generatedCertificate(self) -> None:
+        from cryptography import x509
+
+        pem = tls.generateSelfSigned("chat.example")
+        certificate = x509.load_pem_x509_certificates(pem)[0]
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(san.get_values_for_type(x509.DNSName), ["chat.example"])
+        lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+        self.assertGreaterEqual(lifetime.days, 3650)
+
+    def test_otherDomainRegenerated(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(os.path.join(directory, "xmppjson-tls"))
+        path = os.path.join(directory, "xmppjson-tls", "a.example.pem")
+        with open(path, "wb") as f:
+            f.write(tls.generateSelfSigned("b.example"))
+        config = Config(domain="a.example", db=f"sqlite:{directory}/db.sqlite3")
+        loaded = tls.loadServerTLS(config)
+        assert loaded is not None
+        from cryptography import x509
+
+        with open(path, "rb") as f:
+            certificate = x509.load_pem_x509_certificates(f.read())[0]
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(san.get_values_for_type(x509.DNSName), ["a.example"])
+
+    def test_configuredFiles(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        pem = tls.generateSelfSigned("chat.example")
+        keyEnd = pem.index(b"-----END PRIVATE KEY-----") + len(b"-----END PRIVATE KEY-----\n")
+        certPath, keyPath = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        with open(certPath, "wb") as f:
+            f.write(pem[keyEnd:])
+        with open(keyPath, "wb") as f:
+            f.write(pem[:keyEnd])
+        config = Config(
+            domain="chat.example", db="sqlite::memory:", tlsCert=certPath, tlsKey=keyPath
+        )
+        loaded = tls.loadServerTLS(config)
+        assert loaded is not None
+        self.assertFalse(loaded.selfSigned)
+        self.assertFalse(os.path.exists(os.path.join(directory, "xmppjson-tls")))
+
+    def test_mismatchedKey(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        one, two = tls.generateSelfSigned("a.example"), tls.generateSelfSigned("a.example")
+        keyEnd = one.index(b"-----END PRIVATE KEY-----") + len(b"-----END PRIVATE KEY-----\n")
+        certPath, keyPath = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        with open(certPath, "wb") as f:
+            f.write(one[keyEnd:])
+        with open(keyPath, "wb") as f:
+            f.write(two[:keyEnd])
+        config = Config(domain="a.example", tlsCert=certPath, tlsKey=keyPath)
+        self.assertRaises(tls.TLSConfigurationError, tls.loadServerTLS, config)
+
+    def test_missingFile(self) -> None:
+        config = Config(
+            domain="a.example", tlsCert="/nonexistent/c.pem", tlsKey="/nonexistent/k.pem"
+        )
+        self.assertRaises(tls.TLSConfigurationError, tls.loadServerTLS, config)
+
+    def test_makeC2SFactory(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        config = Config(domain=DOMAIN, db=f"sqlite:{directory}/x.sqlite3")
+        factory = makeC2SFactory(config, accounts=None, im=None, reactor=task.Clock())
+        self.assertIsNotNone(factory.tls)
+        self.assertTrue(factory.tlsRequired)
+        plaintext = makeC2SFactory(
+            Config(domain=DOMAIN, db=f"sqlite:{directory}/x.sqlite3", allowPlaintext=True),
+            accounts=None,
+            im=None,
+            reactor=task.Clock(),
+        )
+        self.assertFalse(plaintext.tlsRequired)
