@@ -1,0 +1,170 @@
+"""
+End-to-end tests of the XMPP door with a real client over real sockets.
+
+The server's c2s factory (with a real L{Accounts} and L{IMServer} on a temporary SQLite file)
+listens on an ephemeral loopback port of the trial reactor; C{tests/slixmpp_client.py} runs as a
+subprocess and logs two users in with slixmpp (asyncio), sends a message from one to the other,
+and reports what happened as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.internet import endpoints, task
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial import unittest
+
+from xmppjson.accounts import Accounts
+from xmppjson.c2s.stream import C2SFactory, makeC2SFactory
+from xmppjson.config import Config
+from xmppjson.im.server import IMServer
+from xmppjson.storage import openStore
+
+CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slixmpp_client.py")
+
+try:
+    import slixmpp  # noqa: F401
+except ImportError:  # pragma: no cover - slixmpp is a test dependency
+    HAVE_SLIXMPP = False
+else:
+    HAVE_SLIXMPP = True
+
+
+class C2SEndToEndTests(unittest.TestCase):
+    """Real slixmpp clients against the door on 127.0.0.1."""
+
+    if not HAVE_SLIXMPP:
+        skip = "slixmpp is not installed"
+
+    timeout = 60
+
+    def reactor(self) -> Any:
+        from twisted.internet import reactor
+
+        return reactor
+
+    async def startServer(self, **configArgs: Any) -> C2SFactory:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.config = Config(
+            domain="localhost",
+            db=f"sqlite:{os.path.join(directory, 'xmppjson.sqlite3')}",
+            **configArgs,
+        )
+        reactor = self.reactor()
+        store = openStore(self.config.db, reactor)
+        await store.start()
+        self.accounts = Accounts(self.config, store, reactor)
+        self.im = IMServer(self.config, store, reactor)
+        factory = makeC2SFactory(self.config, self.accounts, self.im, reactor)
+        port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            factory
+        )
+        self.port = port.getHost().port
+
+        async def stop() -> None:
+            await port.stopListening()
+            for stream in list(factory.streams):
+                stream.transport.abortConnection()
+            await self.im.shutdown()
+            # Let the aborted connections report their loss before the store goes away.
+            await task.deferLater(reactor, 0.05, lambda: None)
+            await store.close()
+
+        self.addCleanup(stop)
+        await self.accounts.register("alice", "wonderland1")
+        await self.accounts.register("bob", "builder123")
+        return factory
+
+    async def runClient(self, *extra: str, bobPassword: str = "builder123") -> dict[str, Any]:
+        args = [
+            CLIENT,
+            "--port",
+            str(self.port),
+            "--domain",
+            "localhost",
+            "--sender",
+            "alice@localhost/rabbit-hole",
+            "--sender-password",
+            "wonderland1",
+            "--receiver",
+            "bob@localhost/site",
+            "--receiver-password",
+            bobPassword,
+            "--timeout",
+            "12",
+            *extra,
+        ]
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, args, env=dict(os.environ), reactor=self.reactor()
+        )
+        try:
+            result: dict[str, Any] = json.loads(out.decode("utf-8").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            self.fail(f"client printed no JSON (exit {code}):\n{out!r}\n{err.decode()[-3000:]}")
+        result["_stderr"] = err.decode("utf-8", "replace")[-3000:]
+        return result
+
+    def assertDelivered(self, result: dict[str, Any]) -> None:
+        self.assertTrue(result["ok"], result)
+        self.assertEqual(result["sender"], "alice@localhost/rabbit-hole")
+        self.assertEqual(result["receiver"], "bob@localhost/site")
+        self.assertTrue(result["ping"])
+        self.assertEqual(
+            (result["received"]["from"], result["received"]["body"]),
+            ("alice@localhost/rabbit-hole", "Hello from slixmpp"),
+        )
+
+    async def test_startTLSAndSCRAM(self) -> None:
+        """The default setup: STARTTLS required (self-signed certificate), SCRAM-SHA-256."""
+        factory = await self.startServer()
+        assert factory.tls is not None
+        self.assertTrue(factory.tlsRequired)
+        result = await self.runClient(
+            "--mode", "starttls", "--ca-file", factory.tls.certificatePath
+        )
+        self.assertDelivered(result)
+        self.assertTrue(result["encrypted"])
+        self.assertEqual(result["mechanism"], "SCRAM-SHA-256")
+
+    async def test_startTLSAndSCRAMSHA1(self) -> None:
+        factory = await self.startServer()
+        assert factory.tls is not None
+        result = await self.runClient(
+            "--mode", "starttls", "--ca-file", factory.tls.certificatePath, "--mech", "SCRAM-SHA-1"
+        )
+        self.assertDelivered(result)
+        self.assertEqual(result["mechanism"], "SCRAM-SHA-1")
+
+    async def test_plaintextAndPLAIN(self) -> None:
+        """With --allow-plaintext: no TLS, SASL PLAIN (the benchmark harness's setup)."""
+        await self.startServer(allowPlaintext=True)
+        result = await self.runClient("--mode", "plain", "--mech", "PLAIN")
+        self.assertDelivered(result)
+        self.assertFalse(result["encrypted"])
+        self.assertEqual(result["mechanism"], "PLAIN")
+
+    async def test_wrongPassword(self) -> None:
+        factory = await self.startServer()
+        assert factory.tls is not None
+        result = await self.runClient(
+            "--mode",
+            "starttls",
+            "--ca-file",
+            factory.tls.certificatePath,
+            bobPassword="not-the-password",
+        )
+        self.assertFalse(result["ok"])
+        self.assertEqual(result["stage"], "login")
+        self.assertIn(result["error"], ("failed_auth", "failed_all_auth"), result)
+
+    async def test_untrustedCertificate(self) -> None:
+        """The client checks the certificate: without the server's PEM it refuses to go on."""
+        await self.startServer()
+        result = await self.runClient("--mode", "starttls")
+        self.assertFalse(result["ok"])
+        self.assertEqual(result["stage"], "login")
