@@ -139,7 +139,7 @@ async def scenario(args: argparse.Namespace) -> dict[str, Any]:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         return await asyncio.wait_for(scenario(args), args.timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return {"ok": False, "error": "timeout"}
 
 
