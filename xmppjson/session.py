@@ -38,6 +38,9 @@ class Session:
     """
 
     door = "session"
+    #: Whether the session is eligible for bare-JID messages even while not available (the
+    #: JSON door's sessions are, as the original web API's were).
+    messagesWhileUnavailable = False
 
     def __init__(self, jid: JID):
         self.jid = jid
@@ -47,7 +50,7 @@ class Session:
         self.full = jid.full()
         self.priority = 0
         self.presence: Optional[domish.Element] = None
-        self.receivesMessages = False
+        self.receivesMessages = self.messagesWhileUnavailable
         self.interested = False
         self.directedTo: set[str] = set()
         self.active = True

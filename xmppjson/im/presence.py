@@ -222,10 +222,8 @@ class PresenceHandler:
         wasAvailable = session.presence is not None
         session.presence = None
         if wasAvailable:
-            session.receivesMessages = session.door == "websocket"
-            if not self.router.availableSessionsOf(session.bare) or all(
-                s is session for s in self.router.availableSessionsOf(session.bare)
-            ):
+            session.receivesMessages = session.messagesWhileUnavailable
+            if not any(s is not session for s in self.router.availableSessionsOf(session.bare)):
                 self.lastSeen.note(
                     session.localpart, "unavailable", childText(presence, "status") or ""
                 )

@@ -9,6 +9,7 @@ interested sessions.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet import defer
@@ -74,6 +75,21 @@ def itemElement(item: RosterItem, remove: bool = False) -> domish.Element:
     for group in item.groups:
         element.addElement("group", content=group)
     return element
+
+
+def rosterVersion(roster: Roster) -> str:
+    """
+    The roster version (XEP-0237): a digest of the visible items, so equal rosters have equal
+    versions without storing a counter.
+    """
+    digest = hashlib.sha1()
+    for jid in sorted(roster):
+        item = roster[jid]
+        if item.inRoster:
+            digest.update(
+                repr((jid, item.name, item.subscription, item.askOut, item.approved, item.groups)).encode()
+            )
+    return digest.hexdigest()[:16]
 
 
 class RosterManager:
@@ -177,6 +193,8 @@ class RosterManager:
     def push(self, localpart: str, item: RosterItem, remove: bool = False) -> None:
         """A roster push (RFC 6121 2.1.6) to every interested session of the user."""
         bare = f"{localpart}@{self.server.domain}"
+        roster = self._cache.get(localpart)
+        version = rosterVersion(roster) if roster is not None else None
         for session in self.server.router.sessionsOf(bare):
             if not session.interested:
                 continue
@@ -187,6 +205,8 @@ class RosterManager:
             iq["from"] = bare
             iq["to"] = session.full
             query = iq.addElement((NS_ROSTER, "query"))
+            if version is not None:
+                query["ver"] = version
             query.addChild(itemElement(item, remove))
             session.deliver(iq)
 
@@ -198,7 +218,12 @@ class RosterManager:
             roster = await self.load(session.localpart)
             session.interested = True
             reply = iqResult(iq, session.bare)
+            version = rosterVersion(roster)
+            if query.getAttribute("ver") == version:
+                # XEP-0237: unchanged since the client's copy; changes come as pushes.
+                return reply
             result = reply.addElement((NS_ROSTER, "query"))
+            result["ver"] = version
             for item in sorted(roster.values(), key=lambda i: i.jid):
                 if item.inRoster:
                     result.addChild(itemElement(item))
