@@ -7,6 +7,9 @@ hands it to L{xmppjson.service.makeServer}, which tests call directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
@@ -14,7 +17,9 @@ from twisted.python import usage
 from xmppjson.config import Config
 
 
-def _positiveInt(name: str):
+def _positiveInt(name: str) -> Callable[[str], int]:
+    """A coercer for C{--name}: a whole number greater than 0, else a clear L{UsageError}."""
+
     def convert(value: str) -> int:
         try:
             number = int(value)
@@ -61,10 +66,22 @@ class Options(usage.Options):
          _positiveInt("max-frame-size")],
         ["max-sessions-per-user", None, 20, "Concurrent sessions one user may hold.",
          _positiveInt("max-sessions-per-user")],
+        ["max-http-body", None, 64 * 1024, "Largest REST request body, in bytes.",
+         _positiveInt("max-http-body")],
     ]
 
+    def __init__(self, reactor: Any = None):
+        """
+        @param reactor: the reactor the endpoint strings are checked against; the global one
+            by default (twistd), a memory reactor in tests.
+        """
+        super().__init__()
+        self._reactor = reactor
+
     def postOptions(self) -> None:
-        from twisted.internet import reactor
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
 
         domain = self["domain"].strip().lower()
         if not domain or any(c in domain for c in "@/ \t") or len(domain) > 1023:
@@ -76,7 +93,7 @@ class Options(usage.Options):
             except (ValueError, KeyError, TypeError) as e:
                 raise usage.UsageError(f"--{name} {self[name]!r} is not a valid endpoint: {e}")
         db = self["db"]
-        if not (db.startswith("sqlite:") or db.startswith(("postgresql://", "postgres://"))):
+        if not db.startswith(("sqlite:", "postgresql://", "postgres://")):
             raise usage.UsageError(
                 f"--db {db!r}: use sqlite:FILE, sqlite::memory: or postgresql://user:pass@host:port/db"
             )
@@ -88,6 +105,7 @@ class Options(usage.Options):
             raise usage.UsageError("--tls-cert and --tls-key go together")
 
     def toConfig(self) -> Config:
+        """The L{Config} for the parsed options."""
         return Config(
             domain=self["domain"],
             c2s=self["c2s"],
@@ -103,11 +121,19 @@ class Options(usage.Options):
             maxStanzaSize=self["max-stanza-size"],
             maxFrameSize=self["max-frame-size"],
             maxSessionsPerUser=self["max-sessions-per-user"],
+            maxHTTPBody=self["max-http-body"],
         )
 
 
-def makeService(options: Options) -> service.IService:
-    from twisted.internet import reactor
+def makeService(options: Options, reactor: Any = None) -> service.IService:
+    """
+    The twistd entry point: the server for the parsed C{options}, built by
+    L{xmppjson.service.makeServer} (nothing listens until twistd starts the service).
+
+    @param reactor: the global reactor by default.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
 
     from xmppjson.service import makeServer
 

@@ -1,0 +1,111 @@
+"""
+The HTTP side of xmppjson: one L{twisted.web.server.Site} on C{--web} serving the REST API
+(L{xmppjson.rest}) and, at C{/stream}, the JSON WebSocket dialect.
+
+Resource tree::
+
+    /               WebRoot: every path not mounted below is REST (RestResource routes it)
+    /stream         the WebSocket resource, from _streamResource()
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web import resource, server
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from xmppjson.accounts import Accounts
+from xmppjson.config import Config
+from xmppjson.rest import BoundedRequest, RestResource
+
+
+class WebRoot(resource.Resource):
+    """
+    The root of the Site.  Children mounted with C{putChild} (C{b"stream"}) take their paths;
+    every other path, C{/} included, goes to the REST resource, which routes on the full path.
+    """
+
+    def __init__(self, rest: RestResource):
+        super().__init__()
+        self.rest = rest
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        return self.rest
+
+    def render(self, request: IRequest) -> Any:
+        return self.rest.render(request)
+
+
+class UpgradeRequired(resource.Resource):
+    """
+    Placeholder for C{/stream} until the WebSocket door is mounted: answers every request with
+    426 and a JSON error, which is also what the WebSocket resource answers to a plain HTTP
+    request.
+    """
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        request.setResponseCode(426)
+        request.setHeader(b"Upgrade", b"websocket")
+        request.setHeader(b"Connection", b"Upgrade")
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        return json.dumps(
+            {
+                "error": "upgrade-required",
+                "description": "/stream is a WebSocket endpoint: connect with ws://…/stream?token=…",
+            },
+            ensure_ascii=False,
+        ).encode("utf-8")
+
+
+def _streamResource(config: Config, accounts: Accounts, im: Any, reactor: Any) -> IResource:
+    """
+    The resource mounted at C{/stream}: the JSON WebSocket dialect (C{docs/json-dialect.md}).
+
+    HOOK for the WebSocket door: return its Autobahn C{WebSocketResource} here (built from
+    C{config}, C{accounts} for token checks, C{im} for sessions and C{reactor}).
+    """
+    from xmppjson.websocket import StreamResource
+
+    return StreamResource(config, accounts, im, reactor)
+
+
+class XmppJsonSite(server.Site):
+    """
+    The Site: bodies are bounded by C{maxBody} (C{config.maxHTTPBody}) while they are received
+    (L{BoundedRequest}), and tracebacks are never shown to clients.
+    """
+
+    _logger = Logger()  # not "log": Site.log(request) writes the access log
+    requestFactory = BoundedRequest
+    displayTracebacks = False
+
+    def __init__(self, root: IResource, maxBody: int, reactor: Any = None):
+        super().__init__(root, reactor=reactor)
+        self.maxBody = maxBody
+
+
+def makeRoot(config: Config, accounts: Accounts, im: Any, reactor: Any) -> WebRoot:
+    """
+    The resource tree: REST at the root, the WebSocket resource at C{/stream}.  Tests can serve
+    it with C{treq.testing.StubTreq}.
+    """
+    root = WebRoot(RestResource(config, accounts, im, reactor))
+    root.putChild(b"stream", _streamResource(config, accounts, im, reactor))
+    return root
+
+
+def makeSite(config: Config, accounts: Accounts, im: Any, reactor: Any) -> server.Site:
+    """
+    The Site for C{--web}: REST and the WebSocket C{/stream} on one port.  Nothing listens
+    until the caller hands the Site to an endpoint.
+    """
+    site = XmppJsonSite(makeRoot(config, accounts, im, reactor), config.maxHTTPBody, reactor)
+    site.noisy = False
+    return site
