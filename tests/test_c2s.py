@@ -14,6 +14,8 @@ import os
 import stat
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scramp import ScramClient
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
@@ -34,6 +36,7 @@ from xmppjson.c2s.stream import (
     C2SFactory,
     C2SSession,
     makeC2SFactory,
+    serialize,
 )
 from xmppjson.config import Config
 from xmppjson.im.server import IMServer
@@ -1179,3 +1182,70 @@ class TLSFileTests(unittest.TestCase):
             reactor=task.Clock(),
         )
         self.assertFalse(plaintext.tlsRequired)
+
+
+_NAMES = st.sampled_from(["message", "body", "x", "item", "a"])
+_NAMESPACES = st.sampled_from([None, NS_CLIENT, "urn:x", "urn:y", ""])
+_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8
+)
+_ATTRIBUTE_NAMES = st.one_of(
+    st.sampled_from(["to", "id", "type", "from"]),
+    st.sampled_from([("http://www.w3.org/XML/1998/namespace", "lang"), ("urn:attr", "a")]),
+)
+
+
+@st.composite
+def elements(draw: Any, depth: int = 0) -> domish.Element:
+    uri = draw(_NAMESPACES)
+    defaultUri = draw(st.one_of(st.none(), _NAMESPACES))
+    prefixes = draw(st.sampled_from([None, None, None, {"p": "urn:p"}]))
+    element = domish.Element((uri, draw(_NAMES)), defaultUri, localPrefixes=prefixes)
+    for name in draw(st.lists(_ATTRIBUTE_NAMES, max_size=3, unique=True)):
+        element[name] = draw(_TEXT)
+    if depth < 3:
+        for _ in range(draw(st.integers(0, 3))):
+            if draw(st.booleans()):
+                element.addContent(draw(_TEXT))
+            else:
+                element.addChild(draw(elements(depth + 1)))
+    return element
+
+
+class SerializeTests(unittest.TestCase):
+    """The door's fast serialiser writes exactly what domish writes."""
+
+    @given(elements())
+    @settings(max_examples=400, deadline=None)
+    def test_sameAsDomish(self, element: domish.Element) -> None:
+        self.assertEqual(serialize(element), element.toXml(defaultUri=NS_CLIENT))
+
+    def test_parsedStanzas(self) -> None:
+        stanzas = [
+            (
+                "<message to='a@b/c' type='chat' id='x&amp;y'><body>1 &lt; 2 &amp; 'q' \"</body>"
+                "<request xmlns='urn:xmpp:receipts'/></message>"
+            ),
+            (
+                "<presence xml:lang='de'><show>away</show><status>weg</status>"
+                "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/>"
+                "</presence>"
+            ),
+            (
+                "<message><html xmlns='http://jabber.org/protocol/xhtml-im'><body "
+                "xmlns='http://www.w3.org/1999/xhtml'><p>hi</p></body></html></message>"
+            ),
+            "<iq type='set' xmlns:p='urn:p'><p:query><p:item/></p:query></iq>",
+        ]
+        for xml in stanzas:
+            element = parseStanza(xml)
+            self.assertEqual(serialize(element), element.toXml(defaultUri=NS_CLIENT), xml)
+
+
+def parseStanza(xml: str) -> domish.Element:
+    found: list[domish.Element] = []
+    stream = domish.elementStream()
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = found.append
+    stream.parse(HEADER.format(to=DOMAIN).encode() + xml.encode())
+    return found[0]

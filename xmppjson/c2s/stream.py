@@ -104,6 +104,88 @@ def _depth(element: domish.Element) -> int:
     return deepest
 
 
+class _NotSimple(Exception):
+    """The element needs domish's full namespace-prefix machinery (see L{serialize})."""
+
+
+_SerializedXML = domish.SerializedXML
+
+
+def _escapeText(text: str) -> str:
+    if "&" in text:
+        text = text.replace("&", "&amp;")
+    if "<" in text:
+        text = text.replace("<", "&lt;")
+    if ">" in text:
+        text = text.replace(">", "&gt;")
+    return text
+
+
+def _escapeAttribute(value: str) -> str:
+    return _escapeText(value).replace("'", "&apos;").replace('"', "&quot;")
+
+
+def _serializeInto(element: domish.Element, parentNamespace: str, out: list[str]) -> None:
+    if element.localPrefixes:
+        raise _NotSimple()
+    namespace = element.defaultUri
+    if namespace is None:
+        namespace = parentNamespace
+    uri = element.uri
+    if uri is not None and uri != namespace:
+        raise _NotSimple()
+    name = element.name
+    if namespace != parentNamespace:
+        tag = f"<{name} xmlns='{_escapeAttribute(namespace)}'"
+    else:
+        tag = "<" + name
+    for key, value in element.attributes.items():
+        if "&" in value or "<" in value or ">" in value or "'" in value or '"' in value:
+            value = _escapeAttribute(value)
+        if key.__class__ is str:
+            tag += f" {key}='{value}'"
+        elif key[0] == NS_XML:
+            tag += f" xml:{key[1]}='{value}'"
+        else:
+            raise _NotSimple()
+    children = element.children
+    if not children:
+        out.append(tag + "/>")
+        return
+    out.append(tag + ">")
+    for child in children:
+        kind = child.__class__
+        if kind is str:
+            if "&" in child or "<" in child or ">" in child:
+                child = _escapeText(child)
+            out.append(child)
+        elif kind is _SerializedXML:
+            out.append(child)
+        elif isinstance(child, str):
+            out.append(_escapeText(child))
+        else:
+            _serializeInto(child, namespace, out)
+    out.append(f"</{name}>")
+
+
+def serialize(element: domish.Element) -> str:
+    """
+    A stanza as XML text for a stream whose content namespace is C{jabber:client}.
+
+    The same text as C{element.toXml(defaultUri="jabber:client")}, about twice as fast: this is
+    the one step of the per-message path that is ours to speed up.  Stanzas that use namespace
+    prefixes (other than C{xml:}) take domish's general serialiser.
+    """
+    out: list[str] = []
+    try:
+        _serializeInto(element, NS_CLIENT, out)
+    except _NotSimple:
+        return element.toXml(
+            prefixes={NS_STREAMS: "stream"}, defaultUri=NS_CLIENT, prefixesInScope=["stream"]
+        )
+    return "".join(out)
+
+
 def _iqChild(iq: domish.Element) -> domish.Element | None:
     for child in iq.children:
         if isinstance(child, domish.Element):
@@ -130,6 +212,17 @@ def _iqError(
         response["id"] = iq["id"]
     response.addChild(StanzaError(condition, errorType, text).getElement())
     return response
+
+
+def _preparedJID(localpart: str, domain: str, resource: str) -> JID:
+    """
+    A full JID from parts that are already prepared (the localpart by Accounts, the resource by
+    resourceprep here, the domain by the configuration): C{JID(tuple=...)} would run all three
+    stringprep profiles again, the most expensive step of a login after the password hash.
+    """
+    jid = JID.__new__(JID)
+    jid.user, jid.host, jid.resource = localpart, domain, resource
+    return jid
 
 
 class C2SSession(Session):
@@ -159,7 +252,7 @@ class C2SSession(Session):
         stream = self.stream
         if stream.writable:
             try:
-                data = element.toXml(defaultUri=NS_CLIENT).encode("utf-8")
+                data = serialize(element).encode("utf-8")
             except Exception:  # noqa: BLE001 - an edge Twisted calls: answer, never propagate
                 self.log.failure("Cannot serialise a stanza for {session}", session=self)
                 return
@@ -243,11 +336,13 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             xs.closeStream("invalid-namespace", "the content namespace must be jabber:client")
             return
         to = rootElement.getAttribute("to")
-        try:
-            host = nameprep.prepare(to).rstrip(".") if to else None
-        except UnicodeError:
-            host = None
-        if host != self.domain:
+        if to != self.domain and to is not None:
+            # nameprep costs tens of microseconds; nearly every client sends the domain as is.
+            try:
+                to = nameprep.prepare(to).rstrip(".")
+            except UnicodeError:
+                to = None
+        if to != self.domain:
             xs.closeStream("host-unknown", f"this server is {self.domain}")
             return
         version = rootElement.getAttribute("version") or "0.0"
@@ -259,9 +354,11 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             xs.closeStream("unsupported-version", "XMPP 1.0 (RFC 6120) streams only")
             return
         xs.version = (1, 0)
-        xs.thisEntity = JID(tuple=(None, self.domain, None))  # type: ignore[assignment]
+        xs.thisEntity = self.factory.domainJID
         xs.sendHeader()
-        xs.send(self.features())
+        xs.send(
+            self.factory.cachedFeatures((self.authenticated is not None, xs.secure), self.features)
+        )
 
     def features(self) -> domish.Element:
         """The C{<stream:features/>} for the current stage."""
@@ -414,12 +511,8 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if step.data is not None:
             success.addContent(base64.b64encode(step.data).decode("ascii") if step.data else "=")
         self.authenticated = step.localpart
-        self.log.info(
-            "{peer} authenticated as {user}@{domain}",
-            peer=xs.peer,
-            user=step.localpart,
-            domain=self.domain,
-        )
+        # No log line here: the core logs every session it opens, with its JID, and one line
+        # per login is what a busy server can afford.
         xs.send(success)
         xs.authenticatedAs(step.localpart)
 
@@ -473,7 +566,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
                     raise UnicodeError("empty or too long")
             else:
                 resource = self.im.newResource()
-            jid = JID(tuple=(localpart, self.domain, resource))
+            jid = _preparedJID(localpart, self.domain, resource)
         except (UnicodeError, InvalidFormat):
             xs.send(_iqError(iq, "bad-request", "modify", "invalid resource"))
             return
@@ -848,10 +941,10 @@ class C2SStream(xmlstream.XmlStream):
         """Write an element or string, unless the connection is gone or closed."""
         if self.lost or self.transport is None:
             return
-        if domish.IElement.providedBy(obj):
-            obj = obj.toXml(
-                prefixes=self.prefixes, defaultUri=NS_CLIENT, prefixesInScope=["stream"]
-            )
+        if isinstance(obj, domish.Element):
+            # Elements in the stream namespace (features, errors) fall back to domish, which
+            # writes them with the header's "stream" prefix.
+            obj = serialize(obj)
         if isinstance(obj, str):
             obj = obj.encode("utf-8")
         if self.verbose:
@@ -938,6 +1031,18 @@ class C2SFactory(xmlstream.XmlStreamServerFactory):
         self.secret = os.urandom(32)
         self.streams: set[C2SStream] = set()
         self._perAddress: dict[str, int] = {}
+        self.domainJID = JID(tuple=(None, config.domain, None))
+        self._features: dict[Any, bytes] = {}
+
+    def cachedFeatures(self, key: Any, build: Callable[[], domish.Element]) -> bytes:
+        """
+        The serialised C{<stream:features/>} for one stage of the negotiation: they only depend
+        on the stage, so each is built once per factory rather than twice per login.
+        """
+        features = self._features.get(key)
+        if features is None:
+            features = self._features[key] = serialize(build()).encode("utf-8")
+        return features
 
     def buildProtocol(self, addr: Any) -> C2SStream:
         authenticator = C2SAuthenticator(self)
