@@ -354,7 +354,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             xs.closeStream("unsupported-version", "XMPP 1.0 (RFC 6120) streams only")
             return
         xs.version = (1, 0)
-        xs.thisEntity = self.factory.domainJID
+        xs.thisEntity = self.factory.domainJID  # type: ignore[assignment]
         xs.sendHeader()
         xs.send(
             self.factory.cachedFeatures((self.authenticated is not None, xs.secure), self.features)
