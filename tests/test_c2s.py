@@ -1249,3 +1249,44 @@ def parseStanza(xml: str) -> domish.Element:
     stream.ElementEvent = found.append
     stream.parse(HEADER.format(to=DOMAIN).encode() + xml.encode())
     return found[0]
+
+
+class BackpressureTests(unittest.TestCase):
+    """A client that stops reading cannot make the server buffer without bound."""
+
+    async def test_pauseStopsReadingAndResumes(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        self.assertIs(wire.transport.producer, wire.protocol)
+        wire.protocol.pauseProducing()
+        self.assertEqual(wire.transport.producerState, "paused")
+        wire.protocol.resumeProducing()
+        self.assertEqual(wire.transport.producerState, "producing")
+
+    async def test_backlogCutsTheConnection(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, maxStanzaSize=64 * 1024).start("juliet")
+        wire = await fx.login()
+        session = wire.protocol.session
+        handedBack: list[Any] = []
+        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        wire.protocol.pauseProducing()
+        message = domish.Element((NS_CLIENT, "message"))
+        message.addElement("body", content="x" * 10000)
+        for _ in range(200):
+            session.deliver(message)
+        self.assertTrue(wire.transport.disconnected)
+        self.assertGreater(len(handedBack), 0)
+        self.assertLess(len(handedBack), 200)
+
+
+class FeaturesTests(unittest.TestCase):
+    async def test_coreFeaturesAdvertised(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        features = wire.take()[0]
+        names = {(c.uri, c.name) for c in features.elements()}
+        self.assertIn(("urn:xmpp:features:rosterver", "ver"), names)
+        self.assertIn(("urn:xmpp:features:pre-approval", "sub"), names)

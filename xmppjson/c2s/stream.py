@@ -37,6 +37,7 @@ from twisted.words.protocols.jabber.error import StanzaError, StreamError
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.protocols.jabber.xmpp_stringprep import nameprep, resourceprep
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from xmppjson.c2s import sasl
 from xmppjson.c2s.tls import ServerTLS, loadServerTLS
@@ -71,6 +72,10 @@ MAX_QUEUED = 64
 #: Seconds a closing stream waits for its last bytes to drain before the socket is cut (a
 #: client that never reads must not pin the connection forever).
 CLOSE_TIMEOUT = 10.0
+
+#: Output that may pile up for a client that stopped reading, at the least (see
+#: L{C2SStream.outputBacklog}); four of the largest stanzas if that is more.
+MIN_OUTPUT_BACKLOG = 1024 * 1024
 
 #: The longest resourcepart, in bytes (RFC 7622 section 3.4).
 MAX_RESOURCE_BYTES = 1023
@@ -225,6 +230,18 @@ def _preparedJID(localpart: str, domain: str, resource: str) -> JID:
     return jid
 
 
+def defaultCoreFeatures() -> list[domish.Element]:
+    """
+    Stream features that announce what the IM core does, for a core without a
+    C{streamFeatures()} hook of its own: roster versioning (XEP-0237) and subscription
+    pre-approval (RFC 6121 section 3.4).  Clients only use either when it is advertised.
+    """
+    return [
+        domish.Element(("urn:xmpp:features:rosterver", "ver")),
+        domish.Element(("urn:xmpp:features:pre-approval", "sub")),
+    ]
+
+
 class C2SSession(Session):
     """
     A session bound on an XMPP stream: what the IM core delivers to.
@@ -259,6 +276,8 @@ class C2SSession(Session):
             if stream.verbose:
                 stream.logTraffic("SEND", data)
             stream.transport.write(data)
+            if stream.outputPaused:
+                stream.outputBacklog(len(data))
             return
         if self._held is not None and not stream.closing and not stream.lost:
             self._held.append(element)
@@ -380,9 +399,8 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             session = features.addElement((NS_SESSION, "session"))
             session.addElement((NS_SESSION, "optional"))
             extra = getattr(self.im, "streamFeatures", None)
-            if extra is not None:
-                for feature in extra():
-                    features.addChild(feature)
+            for feature in extra() if extra is not None else defaultCoreFeatures():
+                features.addChild(feature)
         return features
 
     # -- elements before binding -------------------------------------------------------------
@@ -594,6 +612,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         xs.bound(session)
 
 
+@implementer(interfaces.IPushProducer)
 class C2SStream(xmlstream.XmlStream):
     """
     One client connection.
@@ -627,6 +646,8 @@ class C2SStream(xmlstream.XmlStream):
         self.peerHost = "?"
         self.language = "en"
         self.busy = False
+        self.outputPaused = False
+        self._backlog = 0
         self._queue: deque[domish.Element] = deque()
         self._sessionClosed = False
         self._limit = factory.config.maxStanzaSizePreAuth
@@ -922,7 +943,51 @@ class C2SStream(xmlstream.XmlStream):
         if self._idleTimeout and self._idleTimeout > 0:
             self._lastActivity = self.reactor.seconds()
             self._idleTimer = self._callLater(self._idleTimeout, self._idleCheck)
+        # From now on others write to this client: be told when it stops reading.  (Only now:
+        # the transport may still have been switched to TLS before.)
+        self.transport.registerProducer(self, True)
         session._bound()
+
+    # -- a client that does not read (IPushProducer, registered once bound) --------------
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full: the client is not reading fast enough.  Stop
+        reading from it too (a client that does not read does not get to send), and start
+        counting what piles up for it.
+        """
+        self.outputPaused = True
+        self._backlog = 0
+        if not self.lost:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The client caught up."""
+        self.outputPaused = False
+        self._backlog = 0
+        if not self.lost and not self.closing:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The connection is going away; L{connectionLost} does the cleaning up."""
+
+    def outputBacklog(self, size: int) -> None:
+        """
+        C{size} more bytes were queued for a client that is not reading.  Past
+        C{maxOutputBacklog} the connection is cut: the session ends, and what the core hands
+        it afterwards goes back through C{im.undeliverable} (stored offline, for messages)
+        instead of piling up in memory.
+        """
+        self._backlog += size
+        if self._backlog > self.factory.maxOutputBacklog and not self.closing:
+            self.log.info(
+                "{peer} is not reading ({n} bytes waiting), disconnecting",
+                peer=self.peer,
+                n=self._backlog,
+            )
+            self.closing = True
+            self.writable = False
+            self.transport.abortConnection()
 
     # -- output ----------------------------------------------------------------------------
 
@@ -1032,6 +1097,8 @@ class C2SFactory(xmlstream.XmlStreamServerFactory):
         self.streams: set[C2SStream] = set()
         self._perAddress: dict[str, int] = {}
         self.domainJID = JID(tuple=(None, config.domain, None))
+        #: Bytes that may wait for a client that stopped reading before it is disconnected.
+        self.maxOutputBacklog = max(MIN_OUTPUT_BACKLOG, 4 * config.maxStanzaSize)
         self._features: dict[Any, bytes] = {}
 
     def cachedFeatures(self, key: Any, build: Callable[[], domish.Element]) -> bytes:
