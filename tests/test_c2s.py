@@ -660,6 +660,8 @@ class ScramTests(unittest.TestCase):
             b"n,,n=jul=41iet,r=abc",
             b"x,,n=juliet,r=abc",
             b"n,,n=juliet,r=abc,m=ext",
+            b"n,a=juliet@localhost,n=juliet,r=abc",
+            b"p=tls-unique,,n=juliet,r=abc",
             b"\xff\xfe",
         ):
             payload = base64.b64encode(message).decode()
