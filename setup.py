@@ -6,13 +6,17 @@ package so that a normal (non-editable) install drops the plugin file into Twist
 namespace.  There is deliberately no C{__init__.py} in C{twisted/} or C{twisted/plugins/}.
 """
 
+from pathlib import Path
+
 from setuptools import setup
+
+HERE = Path(__file__).resolve().parent
 
 setup(
     name="xmppjson",
     version="0.1.0",
     description="A Twisted chat server speaking native XMPP and a JSON WebSocket dialect",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=[
@@ -38,7 +42,9 @@ setup(
         "zope.interface>=6",
     ],
     extras_require={
-        "test": ["hypothesis>=6.100", "slixmpp>=1.8", "mypy", "ruff"],
+        # wheel: tests/test_packaging.py builds the package without build isolation, and
+        # setuptools older than 70.1 needs it for bdist_wheel.
+        "test": ["hypothesis>=6.100", "slixmpp>=1.8", "mypy", "ruff", "wheel"],
     },
     zip_safe=False,
 )

@@ -882,6 +882,13 @@ def openAPI(domain: str = "localhost") -> dict[str, Any]:
     }
 
 
+def main() -> None:
+    """C{python -m xmppjson.rest}: print the OpenAPI document (C{docs/openapi.json})."""
+    import sys
+
+    sys.stdout.write(json.dumps(openAPI(), indent=2, ensure_ascii=False) + "\n")
+
+
 # -- the HTTP request with a bounded body ----------------------------------------------------
 
 
@@ -931,3 +938,7 @@ __all__ = [
     "openAPI",
     "profileBody",
 ]
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ hands it to L{xmppjson.service.makeServer}, which tests call directly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -100,9 +101,14 @@ class Options(usage.Options):
         if db == "sqlite:":
             raise usage.UsageError("--db sqlite: needs a file name (or sqlite::memory:)")
         if self["registration"] not in ("open", "closed"):
-            raise usage.UsageError("--registration must be open or closed")
+            raise usage.UsageError(
+                f"--registration must be open or closed, not {self['registration']!r}"
+            )
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
+        for name in ("tls-cert", "tls-key"):
+            if self[name] and not os.path.isfile(self[name]):
+                raise usage.UsageError(f"--{name} {self[name]!r}: no such file")
 
     def toConfig(self) -> Config:
         """The L{Config} for the parsed options."""
