@@ -368,7 +368,10 @@ class BrowserTests(unittest.TestCase):
         self.assertIn({"control": "drop", "user": "alice@localhost"}, lines)
 
     async def test_browserAndXMPPClient(self) -> None:
-        """A browser user and a slixmpp user: subscription, presence, chat states, messages."""
+        """
+        A browser user and a slixmpp user: subscription, presence and status, chat states and
+        messages both ways, removing the contact.
+        """
         await self.runScenario("xmpp-peer")
 
     async def test_offlineMessage(self) -> None:

@@ -455,9 +455,12 @@ async function xmppPeer(browser) {
     await carol.waitContact(dave.jid, 'away, brb', (c) => c.show === 'away' && c.text.includes('brb'));
     await shot(carol.page, '01-carol-with-xmpp-dave');
 
-    step('dave quits; carol sees him offline');
-    await dave.stop();
-    await carol.waitContact(dave.jid, 'offline', (c) => c.show === 'offline');
+    step('carol removes dave; both subscriptions end, the conversation stays');
+    carol.page.once('dialog', (dialog) => dialog.accept());
+    await carol.page.click(`${contactSel(dave.jid)} .contact-remove`);
+    await carol.waitContact(dave.jid, 'no longer a contact', (c) => c.show === 'stranger');
+    await dave.waitEvent('to lose carol', (e) => e.event === 'unsubscribed' && e.from.startsWith(carol.jid));
+    await carol.waitMessage('Hi from XMPP');
     await carol.close();
   } finally {
     await dave.stop();

@@ -17,6 +17,7 @@ Events, one JSON object per line on stdout::
     {"event": "chatstate", "from": "...", "state": "composing"}
     {"event": "presence", "from": "...", "type": "available", "show": "", "status": ""}
     {"event": "subscribe", "from": "..."}      (accepted automatically, and asked back)
+    {"event": "unsubscribed", "from": "..."}   (no longer sees their presence)
     {"event": "failed", "error": "..."}
 
 Like a desktop client set to accept everyone, it approves subscription requests and subscribes
@@ -66,6 +67,7 @@ class Peer:
         client.add_event_handler("presence_available", self._presence)
         client.add_event_handler("presence_unavailable", self._presence)
         client.add_event_handler("presence_subscribe", self._subscribe)
+        client.add_event_handler("presence_unsubscribed", self._unsubscribed)
 
     async def _started(self, _event: Any) -> None:
         await self.client.get_roster()
@@ -103,6 +105,9 @@ class Peer:
             emit(event="failed", error=f"ping: {e}")
         else:
             emit(event="pong")
+
+    def _unsubscribed(self, presence: Any) -> None:
+        emit(event="unsubscribed", **{"from": str(presence["from"])})
 
     def handle(self, command: dict[str, Any]) -> bool:
         cmd = command.get("cmd")
