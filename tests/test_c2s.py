@@ -1292,3 +1292,56 @@ class FeaturesTests(unittest.TestCase):
         names = {(c.uri, c.name) for c in features.elements()}
         self.assertIn(("urn:xmpp:features:rosterver", "ver"), names)
         self.assertIn(("urn:xmpp:features:pre-approval", "sub"), names)
+
+
+class WireFormatTests(unittest.TestCase):
+    """What the bytes look like, for clients that match tag names rather than namespaces."""
+
+    async def test_streamPrefix(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire = fx.connect()
+        wire.send(HEADER.format(to=DOMAIN))
+        data = wire.transport.value()
+        self.assertTrue(data.startswith(b"<?xml version='1.0'?><stream:stream "), data)
+        self.assertIn(b"<stream:features>", data)
+        self.assertIn(b"</stream:features>", data)
+        wire.transport.clear()
+        wire.send("<junk/>")
+        data = wire.transport.value()
+        self.assertIn(b"<stream:error><unsupported-stanza-type xmlns=", data)
+        self.assertTrue(data.endswith(b"</stream:error></stream:stream>"), data)
+
+    async def test_deliveredStanzaHasNoRedundantNamespace(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        wire.transport.clear()
+        message = domish.Element((NS_CLIENT, "message"))
+        message["to"] = "juliet@localhost/balcony"
+        message.addElement("body", content="a < b")
+        wire.protocol.session.deliver(message)
+        self.assertEqual(
+            wire.transport.value(),
+            b"<message to='juliet@localhost/balcony'><body>a &lt; b</body></message>",
+        )
+
+
+class ShutdownTests(unittest.TestCase):
+    async def test_drainClosesEveryStreamAndWaits(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        bound = await fx.login()
+        negotiating, _ = fx.open()
+        d = fx.factory.drain()
+        self.assertEqual(bound.streamError(), "system-shutdown")
+        self.assertEqual(negotiating.streamError(), "system-shutdown")
+        self.assertFalse(d.called)
+        bound.lose()
+        self.assertFalse(d.called)
+        negotiating.lose()
+        self.assertTrue(d.called)
+
+    async def test_drainGivesUp(self) -> None:
+        fx = await C2SFixture(self).start()
+        fx.open()
+        d = fx.factory.drain(grace=3)
+        fx.clock.advance(3)
+        self.assertTrue(d.called)

@@ -77,6 +77,9 @@ CLOSE_TIMEOUT = 10.0
 #: L{C2SStream.outputBacklog}); four of the largest stanzas if that is more.
 MIN_OUTPUT_BACKLOG = 1024 * 1024
 
+#: Seconds the server waits, when it stops, for closed streams to be written out.
+SHUTDOWN_GRACE = 3.0
+
 #: The longest resourcepart, in bytes (RFC 7622 section 3.4).
 MAX_RESOURCE_BYTES = 1023
 
@@ -137,7 +140,9 @@ def _serializeInto(element: domish.Element, parentNamespace: str, out: list[str]
     if namespace is None:
         namespace = parentNamespace
     uri = element.uri
-    if uri is not None and uri != namespace:
+    if (uri is not None and uri != namespace) or namespace == NS_STREAMS:
+        # Stream-level elements must carry the header's "stream:" prefix: clients that match
+        # tag names rather than namespaces (Conversations, for one) look for <stream:features>.
         raise _NotSimple()
     name = element.name
     if namespace != parentNamespace:
@@ -1096,6 +1101,8 @@ class C2SFactory(xmlstream.XmlStreamServerFactory):
         self.secret = os.urandom(32)
         self.streams: set[C2SStream] = set()
         self._perAddress: dict[str, int] = {}
+        self._shutdownHooked = False
+        self._drained: list[defer.Deferred[None]] = []
         self.domainJID = JID(tuple=(None, config.domain, None))
         #: Bytes that may wait for a client that stopped reading before it is disconnected.
         self.maxOutputBacklog = max(MIN_OUTPUT_BACKLOG, 4 * config.maxStanzaSize)
@@ -1137,6 +1144,50 @@ class C2SFactory(xmlstream.XmlStreamServerFactory):
                 self._perAddress[host] = count
             else:
                 self._perAddress.pop(host, None)
+        if not self.streams:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                if not d.called:  # the grace period may have ended it already
+                    d.callback(None)
+
+    def startFactory(self) -> None:
+        """
+        The listener starts.  With a real reactor, also take part in its shutdown: see
+        L{drain}.
+        """
+        if not self._shutdownHooked and hasattr(self.reactor, "addSystemEventTrigger"):
+            self._shutdownHooked = True
+            self.reactor.addSystemEventTrigger("before", "shutdown", self.drain)
+
+    def drain(self, grace: float = SHUTDOWN_GRACE) -> defer.Deferred[None]:
+        """
+        Close every stream with C{system-shutdown} and fire once all connections are gone, or
+        after C{grace} seconds.  Run before the reactor stops, so that the stream errors and
+        footers are really written: when the reactor finally disconnects what is left, buffered
+        bytes are dropped.  The core's own C{shutdown()} closing the bound sessions as well is
+        harmless (closing is idempotent).
+        """
+        for stream in list(self.streams):
+            stream.closeStream("system-shutdown", "the server is shutting down")
+        if not self.streams:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drained.append(d)
+
+        def giveUp() -> None:
+            if not d.called:
+                self.log.info("{n} client connections still open at shutdown", n=len(self.streams))
+                d.callback(None)
+
+        timeout = self.reactor.callLater(grace, giveUp)
+
+        def cancelTimeout(result: None) -> None:
+            if timeout.active():
+                timeout.cancel()
+            return result
+
+        d.addBoth(cancelTimeout)
+        return d
 
     def stopFactory(self) -> None:
         """
