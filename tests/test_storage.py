@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.defer import Deferred
+from twisted.protocols import portforward
 from twisted.trial import unittest
 
+from tests import pgtest
 from xmppjson.error import StoreUnavailable
 from xmppjson.storage import (
     PROFILE_FIELDS,
@@ -36,8 +40,18 @@ UTC = datetime.UTC
 T0 = datetime.datetime(2024, 5, 17, 12, 30, 15, 123456, tzinfo=UTC)
 FAST_RETRY = (0.01, 0.05)
 
-KEYS1 = ScramKeys(salt=b"\x00salt\xff", iterations=4096, storedKey=b"\x01" * 20, serverKey=b"\xfe" * 20)
-KEYS256 = ScramKeys(salt=bytes(range(16)), iterations=10000, storedKey=b"\x80" * 32, serverKey=b"\x00" * 32)
+KEYS1 = ScramKeys(
+    salt=b"\x00salt\xff",
+    iterations=4096,
+    storedKey=b"\x01" * 20,
+    serverKey=b"\xfe" * 20,
+)
+KEYS256 = ScramKeys(
+    salt=bytes(range(16)),
+    iterations=10000,
+    storedKey=b"\x80" * 32,
+    serverKey=b"\x00" * 32,
+)
 CREDS = Credentials({"SCRAM-SHA-1": KEYS1, "SCRAM-SHA-256": KEYS256})
 
 
@@ -126,7 +140,9 @@ class StoreTestsMixin(_MixinBase):
         self.assertEqual(await self.store.getCredentials("alice"), replacement)
 
     async def test_setCredentialsUnknownUser(self) -> None:
-        await self.assertFailure(self.store.setCredentials("nobody", CREDS), UnknownUser)
+        await self.assertFailure(
+            self.store.setCredentials("nobody", CREDS), UnknownUser
+        )
         await self.assertFailure(
             self.store.setCredentials("nobody", Credentials({})), UnknownUser
         )
@@ -139,14 +155,16 @@ class StoreTestsMixin(_MixinBase):
         profile = await self.store.getProfile("alice")
         self.assertEqual(
             profile,
-            dict.fromkeys(PROFILE_FIELDS, None) | {"last_seen": None, "presence": "", "status": ""},
+            dict.fromkeys(PROFILE_FIELDS, None)
+            | {"last_seen": None, "presence": "", "status": ""},
         )
 
     async def test_updateProfile(self) -> None:
         await self.store.createUser("alice", CREDS)
         await self.store.createUser("bob", CREDS)
         await self.store.updateProfile(
-            "alice", {"full_name": "Alice Ł. Żółć", "streer_2": "Flat 2", "email": "a@x.org"}
+            "alice",
+            {"full_name": "Alice Ł. Żółć", "streer_2": "Flat 2", "email": "a@x.org"},
         )
         await self.store.updateProfile("alice", {"email": None, "city": "Kraków"})
         profile = await self.store.getProfile("alice")
@@ -175,7 +193,8 @@ class StoreTestsMixin(_MixinBase):
     async def test_updateProfileUnknownField(self) -> None:
         await self.store.createUser("alice", CREDS)
         await self.assertFailure(
-            self.store.updateProfile("alice", {"localpart = 'x', full_name": "X"}), ValueError
+            self.store.updateProfile("alice", {"localpart = 'x', full_name": "X"}),
+            ValueError,
         )
 
     async def test_lastPresence(self) -> None:
@@ -183,7 +202,9 @@ class StoreTestsMixin(_MixinBase):
         # given in another zone, returned as the same instant in UTC
         cest = datetime.timezone(datetime.timedelta(hours=2))
         seen = datetime.datetime(2024, 5, 17, 14, 30, 15, 654321, tzinfo=cest)
-        self.assertTrue(await self.store.setLastPresence("alice", seen, "away", "lunch"))
+        self.assertTrue(
+            await self.store.setLastPresence("alice", seen, "away", "lunch")
+        )
         profile = await self.store.getProfile("alice")
         self.assertEqual(profile["last_seen"], seen)
         self.assertEqual(profile["last_seen"].utcoffset(), datetime.timedelta(0))
@@ -206,7 +227,9 @@ class StoreTestsMixin(_MixinBase):
         self.assertIsNone(await self.store.lookupToken("unknown", T0))
         # expiry: valid strictly before the expiry instant
         self.assertEqual(
-            await self.store.lookupToken("phone", T0 + hour - datetime.timedelta(microseconds=1)),
+            await self.store.lookupToken(
+                "phone", T0 + hour - datetime.timedelta(microseconds=1)
+            ),
             "alice",
         )
         self.assertIsNone(await self.store.lookupToken("phone", T0 + hour))
@@ -254,7 +277,9 @@ class StoreTestsMixin(_MixinBase):
         await self.store.createUser("alice", CREDS)
         await self.store.createUser("bob", CREDS)
         self.assertEqual(await self.store.getRoster("alice"), [])
-        carol = RosterItem("carol@example.org", name="Carol", groups=["Friends", "Work"])
+        carol = RosterItem(
+            "carol@example.org", name="Carol", groups=["Friends", "Work"]
+        )
         bob = RosterItem(
             "bob@localhost", subscription="both", askOut=True, approved=True, groups=[]
         )
@@ -270,7 +295,11 @@ class StoreTestsMixin(_MixinBase):
             "alice", RosterItem("carol@x", name="C", askOut=True, groups=["A"])
         )
         updated = RosterItem(
-            "carol@x", name=None, subscription="to", pendingIn=True, groups=["B", "Ünïcode"]
+            "carol@x",
+            name=None,
+            subscription="to",
+            pendingIn=True,
+            groups=["B", "Ünïcode"],
         )
         await self.store.setRosterItem("alice", updated)
         self.assertEqual(await self.store.getRoster("alice"), [updated])
@@ -281,7 +310,9 @@ class StoreTestsMixin(_MixinBase):
         await self.store.setRosterItem("alice", RosterItem("dave@x"))
         self.assertTrue(await self.store.removeRosterItem("alice", "carol@x"))
         self.assertFalse(await self.store.removeRosterItem("alice", "carol@x"))
-        self.assertEqual([i.jid for i in await self.store.getRoster("alice")], ["dave@x"])
+        self.assertEqual(
+            [i.jid for i in await self.store.getRoster("alice")], ["dave@x"]
+        )
 
     async def test_rosterUnknownUser(self) -> None:
         await self.assertFailure(
@@ -294,16 +325,26 @@ class StoreTestsMixin(_MixinBase):
         await self.store.createUser("alice", CREDS)
         await self.store.createUser("bob", CREDS)
         # stored order is delivery order, whatever the stamps say
-        stamps = [T0, T0 - datetime.timedelta(seconds=5), T0 + datetime.timedelta(days=1)]
+        stamps = [
+            T0,
+            T0 - datetime.timedelta(seconds=5),
+            T0 + datetime.timedelta(days=1),
+        ]
         ids = []
         for n, stamp in enumerate(stamps):
-            ids.append(await self.store.storeOffline("alice", stamp, f"<message id='m{n}'/>"))
+            ids.append(
+                await self.store.storeOffline("alice", stamp, f"<message id='m{n}'/>")
+            )
         bobsId = await self.store.storeOffline("bob", T0, "<message id='b'/>")
         messages = await self.store.getOffline("alice")
         self.assertEqual([m.id for m in messages], ids)
         self.assertEqual([m.stamp for m in messages], stamps)
-        self.assertEqual([m.xml for m in messages], [f"<message id='m{n}'/>" for n in range(3)])
-        self.assertEqual(messages[0].stamp.tzinfo.utcoffset(None), datetime.timedelta(0))
+        self.assertEqual(
+            [m.xml for m in messages], [f"<message id='m{n}'/>" for n in range(3)]
+        )
+        self.assertEqual(
+            messages[0].stamp.tzinfo.utcoffset(None), datetime.timedelta(0)
+        )
         self.assertEqual(len(set(ids + [bobsId])), 4)
 
     async def test_deleteOffline(self) -> None:
@@ -320,19 +361,31 @@ class StoreTestsMixin(_MixinBase):
 
     async def test_deleteManyOffline(self) -> None:
         await self.store.createUser("alice", CREDS)
-        ids = [await self.store.storeOffline("alice", T0, "<message/>") for _ in range(5)]
+        ids = [
+            await self.store.storeOffline("alice", T0, "<message/>") for _ in range(5)
+        ]
         # more ids than one statement carries
-        self.assertEqual(await self.store.deleteOffline("alice", ids + list(range(10**6, 10**6 + 1200))), 5)
+        self.assertEqual(
+            await self.store.deleteOffline(
+                "alice", ids + list(range(10**6, 10**6 + 1200))
+            ),
+            5,
+        )
         self.assertEqual(await self.store.getOffline("alice"), [])
 
     async def test_offlineUnknownUser(self) -> None:
-        await self.assertFailure(self.store.storeOffline("nobody", T0, "<message/>"), UnknownUser)
+        await self.assertFailure(
+            self.store.storeOffline("nobody", T0, "<message/>"), UnknownUser
+        )
         self.assertEqual(await self.store.getOffline("nobody"), [])
 
     async def test_concurrentCalls(self) -> None:
         await self.store.createUser("alice", CREDS)
         ids = await defer.gatherResults(
-            [self.store.storeOffline("alice", T0, f"<message id='{n}'/>") for n in range(40)]
+            [
+                self.store.storeOffline("alice", T0, f"<message id='{n}'/>")
+                for n in range(40)
+            ]
         )
         self.assertEqual(len(set(ids)), 40)
         self.assertEqual(len(await self.store.getOffline("alice")), 40)
@@ -355,17 +408,23 @@ class StoreTestsMixin(_MixinBase):
         await self.store.createUser("alice", Credentials({}))
         self.assertEqual(await self.store.getCredentials("alice"), Credentials({}))
         self.assertIsNone((await self.store.getProfile("alice"))["full_name"])
-        self.assertIsNone(await self.store.lookupToken("tok", T0 - datetime.timedelta(days=1)))
+        self.assertIsNone(
+            await self.store.lookupToken("tok", T0 - datetime.timedelta(days=1))
+        )
         self.assertEqual(await self.store.getRoster("alice"), [])
         self.assertEqual(await self.store.getOffline("alice"), [])
         # other users' data is theirs: bob's roster still names alice
-        self.assertEqual([i.jid for i in await self.store.getRoster("bob")], ["alice@localhost"])
+        self.assertEqual(
+            [i.jid for i in await self.store.getRoster("bob")], ["alice@localhost"]
+        )
 
     # schema and lifecycle
 
     async def test_schemaVersion(self) -> None:
         self.assertEqual(await self.store.getSchemaVersion(), schema.CURRENT_VERSION)
-        self.assertEqual(self.store.migrationsApplied, [v for v, _ in schema.MIGRATIONS])
+        self.assertEqual(
+            self.store.migrationsApplied, [v for v, _ in schema.MIGRATIONS]
+        )
         self.assertTrue(await self.store.ping())
 
     async def test_startTwice(self) -> None:
@@ -462,7 +521,9 @@ class SQLiteFileTests(StoreTestsMixin, unittest.TestCase):
         return super().setUp()
 
     def makeStore(self, **kwargs: Any) -> SQLStore:
-        return SQLiteStore(os.path.join(self.directory, "xmppjson.sqlite3"), reactor, **kwargs)
+        return SQLiteStore(
+            os.path.join(self.directory, "xmppjson.sqlite3"), reactor, **kwargs
+        )
 
     def makeUnreachableStore(self, **kwargs: Any) -> SQLStore:
         self.missing = os.path.join(self.directory, "not-yet")
@@ -485,7 +546,9 @@ class SQLiteFileTests(StoreTestsMixin, unittest.TestCase):
         store = openStore("sqlite:relative.sqlite3", reactor)
         self.addCleanup(store.close)
         await store.start()
-        self.assertTrue(os.path.exists(os.path.join(self.directory, "relative.sqlite3")))
+        self.assertTrue(
+            os.path.exists(os.path.join(self.directory, "relative.sqlite3"))
+        )
 
 
 class SQLiteMemoryTests(StoreTestsMixin, unittest.TestCase):
@@ -523,3 +586,134 @@ class OpenStoreTests(unittest.TestCase):
 
     def test_unknown(self) -> None:
         self.assertRaises(ValueError, openStore, "mysql://x/y", reactor)
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _RelayServer(portforward.ProxyServer):
+    def connectionMade(self) -> None:
+        self.factory.relays.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.relays.discard(self)
+        super().connectionLost(reason)
+
+
+class _Relay(portforward.ProxyFactory):
+    """
+    A TCP relay in front of the test database, standing in for the network: it can refuse
+    connections (database down), and cut every established one (server restart).
+    """
+
+    protocol = _RelayServer
+    noisy = False
+
+    def __init__(self, host: str, port: int):
+        super().__init__(host, port)
+        self.relays: set[_RelayServer] = set()
+        # (self.port is the database's port: ProxyFactory connects there)
+        self.listenPort = _freePort()
+        self.listening: Any = None
+
+    def listen(self) -> None:
+        self.listening = reactor.listenTCP(self.listenPort, self, interface="127.0.0.1")
+
+    async def cut(self) -> None:
+        """Stop listening and drop every connection, both ways."""
+        if self.listening is not None:
+            await self.listening.stopListening()
+            self.listening = None
+        for relay in list(self.relays):
+            relay.transport.abortConnection()
+            if relay.peer is not None:
+                relay.peer.transport.abortConnection()
+        await waitFor(lambda: not self.relays)
+        # let the reactor finish closing the database side too
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
+class PostgreSQLTests(StoreTestsMixin, unittest.TestCase):
+    """
+    The mixin against PostgreSQL, on the database named by C{XMPPJSON_TEST_PG} (see
+    L{tests.pgtest}), emptied before each test.
+    """
+
+    def setUp(self) -> Any:
+        self.dsn = pgtest.postgresDSN()
+        pgtest.resetDatabase(self.dsn)
+        self.relay: _Relay | None = None
+        return super().setUp()
+
+    def makeStore(self, **kwargs: Any) -> SQLStore:
+        from xmppjson.storage.pgsql import PostgreSQLStore
+
+        return PostgreSQLStore(self.dsn, reactor, **kwargs)
+
+    def makeUnreachableStore(self, **kwargs: Any) -> SQLStore:
+        """A store that reaches the database through a relay that is not listening yet."""
+        from psycopg2.extensions import make_dsn, parse_dsn
+
+        from xmppjson.storage.pgsql import PostgreSQLStore
+
+        parameters = parse_dsn(self.dsn)
+        host = parameters.get("host", "127.0.0.1")
+        if host.startswith("/"):
+            raise unittest.SkipTest(
+                "the test database is on a Unix socket; the relay needs TCP"
+            )
+        self.relay = _Relay(host, int(parameters.get("port", 5432)))
+        self.addCleanup(self.relay.cut)
+        parameters.update(host="127.0.0.1", port=str(self.relay.listenPort))
+        return PostgreSQLStore(make_dsn(**parameters), reactor, **kwargs)
+
+    def repair(self) -> None:
+        assert self.relay is not None
+        self.relay.listen()
+
+    def test_openStore(self) -> None:
+        from xmppjson.storage.pgsql import PostgreSQLStore
+
+        self.assertIsInstance(openStore(self.dsn, reactor), PostgreSQLStore)
+
+    async def test_connectionLostAndRecovers(self) -> None:
+        """
+        When the server goes away under a running store, calls fail with StoreUnavailable at
+        once, and the store reconnects by itself when the server is back.
+        """
+        store = self.makeUnreachableStore(retryDelay=FAST_RETRY)
+        self.addCleanup(store.close)
+        self.repair()
+        await store.start()
+        await store.createUser("alice", CREDS)
+        assert self.relay is not None
+        await self.relay.cut()
+        await waitFor(lambda: not store.isReady)
+        await self.assertFailure(store.userExists("alice"), StoreUnavailable)
+        await self.assertFailure(store.ping(), StoreUnavailable)
+        self.relay.listen()
+        await store.start()
+        self.assertTrue(await store.userExists("alice"))
+        self.assertEqual(await store.getCredentials("alice"), CREDS)
+
+    async def test_queryOnDeadConnection(self) -> None:
+        """A query sent just as the connection dies fails with StoreUnavailable, not psycopg2's error."""
+        store = self.makeUnreachableStore(retryDelay=FAST_RETRY)
+        self.addCleanup(store.close)
+        self.repair()
+        await store.start()
+        assert self.relay is not None
+        cut = Deferred.fromCoroutine(self.relay.cut())
+        await self.assertFailure(store.createUser("alice", CREDS), StoreUnavailable)
+        await cut
+        # txpostgres logs that it could not roll back on the dead connection, which is true
+        import psycopg2
+
+        self.flushLoggedErrors(psycopg2.InterfaceError)
+        self.relay.listen()
+        await store.start()
+        self.assertFalse(await store.userExists("alice"))

@@ -6,8 +6,15 @@ Persistent storage: one interface, L{IStore}, with two backends of identical beh
  - L{xmppjson.storage.pgsql}: PostgreSQL through txpostgres.
 
 Both share the SQL in L{xmppjson.storage.sql} and are tested by one mixin
-(C{tests/test_storage.py}).  Every method returns a L{Deferred}; when the database cannot be
+(C{tests/test_storage.py}); the schema is versioned and upgrades itself on C{start()}
+(L{xmppjson.storage.schema}).  Every method returns a L{Deferred}; when the database cannot be
 reached it fails with L{xmppjson.error.StoreUnavailable}.
+
+Availability: C{start()} fires once the database is reachable and its schema current, retrying in
+the background (capped exponential backoff) for as long as it takes.  Until then, and while the
+store reconnects after losing its database, every method fails at once with StoreUnavailable
+rather than waiting; the store recovers by itself.  Timestamps go in as datetimes (naive ones
+are taken as UTC) and come out as aware UTC datetimes.
 
 Use L{openStore} to build a store from a C{--db} URL.
 """
@@ -127,11 +134,12 @@ class IStore(Interface):
 
     def start() -> Any:
         """
-        Connect and upgrade the schema to the current version.  Fires when the store can serve.
+        Connect and upgrade the schema to the current version.  Fires when the store can serve,
+        retrying in the background until it can; fires at once if it already can.
         """
 
     def close() -> Any:
-        """Close every connection."""
+        """Close every connection and stop retrying."""
 
     def ping() -> Any:
         """Fire with C{True} when a trivial query succeeds; fail with StoreUnavailable otherwise."""
@@ -150,7 +158,10 @@ class IStore(Interface):
         """Replace the user's password keys; fails with L{UnknownUser}."""
 
     def deleteUser(localpart: str) -> Any:
-        """Delete the user and everything stored for them."""
+        """
+        Delete the user and everything stored for them (keys, profile, tokens, roster, offline
+        messages).  Fires with True if the user existed.
+        """
 
     # profile and last presence
     def getProfile(localpart: str) -> Any:
@@ -161,48 +172,61 @@ class IStore(Interface):
         """
 
     def updateProfile(localpart: str, fields: dict[str, str | None]) -> Any:
-        """Set the given profile fields (keys of L{PROFILE_FIELDS}); fails with L{UnknownUser}."""
+        """
+        Set the given profile fields (keys of L{PROFILE_FIELDS}; C{None} clears one); fails with
+        L{UnknownUser}, and with C{ValueError} for any other key.
+        """
 
     def setLastPresence(
         localpart: str, lastSeen: datetime.datetime, presence: str, status: str
     ) -> Any:
-        """Record the user's live presence (show or C{"unavailable"}), status and time."""
+        """
+        Record the user's live presence (show or C{"unavailable"}), status and time.  Fires with
+        C{False}, recording nothing, for an unknown user.
+        """
 
     # tokens
     def addToken(tokenHash: str, localpart: str, expires: datetime.datetime) -> Any:
-        """Store a login token by its hash."""
+        """Store a login token by its hash; fails with L{UnknownUser}."""
 
     def lookupToken(tokenHash: str, now: datetime.datetime) -> Any:
-        """Fire with the localpart owning an unexpired token, or C{None}."""
+        """
+        Fire with the localpart owning the token if it expires after C{now}, or C{None}.
+        """
 
     def revokeToken(tokenHash: str) -> Any:
         """Delete one token.  Fires with True if it existed."""
 
     def revokeTokens(localpart: str) -> Any:
-        """Delete every token of a user."""
+        """Delete every token of a user; fires with how many."""
 
     def purgeExpiredTokens(now: datetime.datetime) -> Any:
         """Delete expired tokens; fires with how many."""
 
     # roster
     def getRoster(localpart: str) -> Any:
-        """Fire with a list of L{RosterItem} (including C{inRoster=False} ones)."""
+        """
+        Fire with a list of L{RosterItem} (including C{inRoster=False} ones), ordered by JID.
+        """
 
     def setRosterItem(localpart: str, item: RosterItem) -> Any:
-        """Insert or replace the item for C{item.jid}."""
+        """Insert or replace the item for C{item.jid}; fails with L{UnknownUser}."""
 
     def removeRosterItem(localpart: str, contact: str) -> Any:
         """Delete the item; fires with True if it existed."""
 
     # offline messages
     def storeOffline(localpart: str, stamp: datetime.datetime, xml: str) -> Any:
-        """Store a message; fires with its id."""
+        """Store a message; fires with its id; fails with L{UnknownUser}."""
 
     def getOffline(localpart: str) -> Any:
-        """Fire with the user's L{OfflineMessage}s, oldest first."""
+        """Fire with the user's L{OfflineMessage}s in the order they were stored."""
 
     def deleteOffline(localpart: str, ids: list[int]) -> Any:
-        """Delete delivered offline messages."""
+        """
+        Delete delivered offline messages of this user (ids of other users' messages are
+        ignored); fires with how many were deleted.
+        """
 
 
 def openStore(url: str, reactor: Any = None) -> Any:

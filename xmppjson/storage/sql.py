@@ -86,9 +86,7 @@ class SchemaTooNew(Exception):
     """The database was upgraded by a newer xmppjson; this one must not touch it."""
 
 
-def _deferred(
-    f: Callable[_P, Coroutine[Any, Any, _T]]
-) -> Callable[_P, Deferred[_T]]:
+def _deferred(f: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, Deferred[_T]]:
     """
     Make an C{async def} method return a L{Deferred}, as L{IStore} promises, so that callers may
     use either C{await} or C{addCallback}.
@@ -231,7 +229,9 @@ class SQLStore:
         d = maybeDeferred(self._dropConnection)
         waiting, self._waiting = self._waiting, []
         for w in waiting:
-            w.errback(StoreUnavailable("the store was closed before the database was reached"))
+            w.errback(
+                StoreUnavailable("the store was closed before the database was reached")
+            )
         return d.addCallback(lambda _: None)
 
     def _dropConnection(self) -> Any:
@@ -264,12 +264,16 @@ class SQLStore:
         self._dropConnection()
         if not reason.check(StoreUnavailable):
             self._state = _FAILED
-            self.log.failure("The {backend} store cannot start", reason, backend=self.backendName)
+            self.log.failure(
+                "The {backend} store cannot start", reason, backend=self.backendName
+            )
             waiting, self._waiting = self._waiting, []
             for d in waiting:
                 d.errback(reason)
             return
-        delay = min(self._retryInitial * 2 ** min(self._failedAttempts, 30), self._retryMax)
+        delay = min(
+            self._retryInitial * 2 ** min(self._failedAttempts, 30), self._retryMax
+        )
         self._failedAttempts += 1
         cause = reason.value.__cause__
         self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
@@ -288,7 +292,9 @@ class SQLStore:
         if generation != self._generation or self._state != _READY:
             return
         self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
-            "Lost the {backend} database ({why}); reconnecting", backend=self.backendName, why=why
+            "Lost the {backend} database ({why}); reconnecting",
+            backend=self.backendName,
+            why=why,
         )
         self._state = _CONNECTING
         self._failedAttempts = 0
@@ -300,7 +306,9 @@ class SQLStore:
     async def _upgrade(self) -> None:
         """Create the version table if needed and apply every missing migration."""
         self.migrationsApplied = []
-        await self._mapped(self._runExecute(schema.render(schema.VERSION_TABLE, self.dialect), ()))
+        await self._mapped(
+            self._runExecute(schema.render(schema.VERSION_TABLE, self.dialect), ())
+        )
         while True:
             current = await self._schemaVersion()
             if current > schema.CURRENT_VERSION:
@@ -362,7 +370,9 @@ class SQLStore:
             raise IntegrityViolation(str(reason.value)) from reason.value
         if kind == UNAVAILABLE:
             if generation is not None and self._connectionBroken(reason):
-                self._connectionLost(generation, str(reason.value).strip() or repr(reason.value))
+                self._connectionLost(
+                    generation, str(reason.value).strip() or repr(reason.value)
+                )
             elif generation is not None:
                 self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
                     "{backend} query failed: {error}",
@@ -449,7 +459,9 @@ class SQLStore:
     @_deferred
     async def userExists(self, localpart: str) -> bool:
         """Fire with whether the account exists."""
-        rows = await self._fetch("SELECT 1 FROM users WHERE localpart = %s", (localpart,))
+        rows = await self._fetch(
+            "SELECT 1 FROM users WHERE localpart = %s", (localpart,)
+        )
         return bool(rows)
 
     @_deferred
@@ -464,7 +476,9 @@ class SQLStore:
         if not rows:
             return None
         keys = {
-            mechanism: ScramKeys(bytes(salt), int(iterations), bytes(stored), bytes(server))
+            mechanism: ScramKeys(
+                bytes(salt), int(iterations), bytes(stored), bytes(server)
+            )
             for mechanism, salt, iterations, stored, server in rows
             if mechanism is not None
         }
@@ -514,14 +528,16 @@ class SQLStore:
             return None
         row = rows[0]
         profile: dict[str, Any] = dict(zip(PROFILE_FIELDS, row))
-        lastSeen, presence, status = row[len(PROFILE_FIELDS):]
+        lastSeen, presence, status = row[len(PROFILE_FIELDS) :]
         profile["last_seen"] = self._tsOrNone(lastSeen)
         profile["presence"] = presence or ""
         profile["status"] = status or ""
         return profile
 
     @_deferred
-    async def updateProfile(self, localpart: str, fields: dict[str, str | None]) -> None:
+    async def updateProfile(
+        self, localpart: str, fields: dict[str, str | None]
+    ) -> None:
         """
         Set the given profile fields; fails with L{UnknownUser}.
 
@@ -563,7 +579,9 @@ class SQLStore:
     # tokens
 
     @_deferred
-    async def addToken(self, tokenHash: str, localpart: str, expires: datetime.datetime) -> None:
+    async def addToken(
+        self, tokenHash: str, localpart: str, expires: datetime.datetime
+    ) -> None:
         """Store a login token by its hash; fails with L{UnknownUser}."""
         try:
             await self._execute(
@@ -587,7 +605,9 @@ class SQLStore:
     @_deferred
     async def revokeToken(self, tokenHash: str) -> bool:
         """Delete one token; fires with whether it existed."""
-        rows = await self._fetch("DELETE FROM tokens WHERE hash = %s RETURNING hash", (tokenHash,))
+        rows = await self._fetch(
+            "DELETE FROM tokens WHERE hash = %s RETURNING hash", (tokenHash,)
+        )
         return bool(rows)
 
     @_deferred
@@ -670,7 +690,9 @@ class SQLStore:
     # offline messages
 
     @_deferred
-    async def storeOffline(self, localpart: str, stamp: datetime.datetime, xml: str) -> int:
+    async def storeOffline(
+        self, localpart: str, stamp: datetime.datetime, xml: str
+    ) -> int:
         """Store a message for later delivery; fires with its id; fails with L{UnknownUser}."""
         try:
             rows = await self._fetch(
@@ -689,7 +711,8 @@ class SQLStore:
             (localpart,),
         )
         return [
-            OfflineMessage(int(id_), self._timestampFromDB(stamp), xml) for id_, stamp, xml in rows
+            OfflineMessage(int(id_), self._timestampFromDB(stamp), xml)
+            for id_, stamp, xml in rows
         ]
 
     @_deferred
@@ -700,7 +723,7 @@ class SQLStore:
             return 0
         statements: list[Statement] = []
         for start in range(0, len(ids), _DELETE_CHUNK):
-            chunk = ids[start:start + _DELETE_CHUNK]
+            chunk = ids[start : start + _DELETE_CHUNK]
             marks = ", ".join(["%s"] * len(chunk))
             statements.append(
                 (

@@ -58,7 +58,11 @@ def _configure(connection: sqlite3.Connection) -> None:
 
 def _rows(cursor: Any) -> Rows:
     # description is None for a statement without a result set
-    return [tuple(row) for row in cursor.fetchall()] if cursor.description is not None else []
+    return (
+        [tuple(row) for row in cursor.fetchall()]
+        if cursor.description is not None
+        else []
+    )
 
 
 def _fetchInteraction(cursor: Any, sql: str, params: Params) -> Rows:
