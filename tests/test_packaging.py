@@ -34,7 +34,7 @@ def _run(args: list[str], cwd: str, timeout: float = 120) -> subprocess.Complete
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["PIP_NO_INPUT"] = "1"
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
 class InstallTests(unittest.TestCase):
@@ -62,14 +62,21 @@ class InstallTests(unittest.TestCase):
                           "--no-build-isolation", "--no-index", str(source)], cwd=self.work)
         self.assertEqual(installed.returncode, 0, installed.stdout + installed.stderr)
 
-        # the installed copy is the one imported, and the plugin file went with it
-        where = _run([self.python, "-c",
-                      "import xmppjson, twisted.plugins.xmppjson as p; "
-                      "print(xmppjson.__file__); print(p.__file__)"], cwd=self.work)
+        # the installed copy is the one imported, and the plugin file went with it (the
+        # system's site-packages may hold another install, as in CI after `pip install .`:
+        # Twisted then finds that plugin file first, so the venv's own file is checked on disk)
+        probe = ("import sysconfig, xmppjson; print(xmppjson.__file__); "
+                 "print(sysconfig.get_paths()['purelib'])")
+        where = _run([self.python, "-c", probe], cwd=self.work)
         self.assertEqual(where.returncode, 0, where.stderr)
-        site = str(self.venv)
-        for path in where.stdout.split():
-            self.assertTrue(path.startswith(site), f"{path} is not in the virtualenv")
+        package, purelib = where.stdout.split()
+        self.assertTrue(package.startswith(str(self.venv)), f"{package} is not in the venv")
+        plugins = Path(purelib, "twisted", "plugins")
+        self.assertTrue((plugins / "xmppjson.py").is_file(), f"no plugin file in {plugins}")
+        # twisted/ and twisted/plugins/ must stay namespace directories: an __init__.py there
+        # would shadow Twisted itself
+        self.assertFalse((plugins / "__init__.py").exists())
+        self.assertFalse((plugins.parent / "__init__.py").exists())
 
         # twistd lists it ...
         listed = _run([self.python, "-c", _TWISTD, "--help"], cwd=self.work)

@@ -23,7 +23,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
-from twisted.web.iweb import IRequest
 
 from xmppjson import __version__
 from xmppjson.accounts import Accounts
@@ -406,19 +405,19 @@ class RestResource(resource.Resource):
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: server.Request) -> Any:
         finished: list[bool] = []
         request.notifyFinish().addBoth(lambda _: finished.append(True))
         d = defer.Deferred.fromCoroutine(self._serve(request, finished))
         d.addErrback(self._lastResort, request)
         return server.NOT_DONE_YET
 
-    def _lastResort(self, reason: Failure, request: IRequest) -> None:
+    def _lastResort(self, reason: Failure, request: server.Request) -> None:
         # _serve catches everything; this only runs if writing the answer itself failed.
         self.log.failure("Could not answer {method} {uri}", reason,
                          method=request.method, uri=request.uri)
 
-    async def _serve(self, request: IRequest, finished: list[bool]) -> None:
+    async def _serve(self, request: server.Request, finished: list[bool]) -> None:
         try:
             reply = await self._dispatch(request)
         except Exception:  # noqa: BLE001 - every failure is answered
@@ -434,7 +433,7 @@ class RestResource(resource.Resource):
             return
         self._write(request, reply)
 
-    def _write(self, request: IRequest, reply: Reply) -> None:
+    def _write(self, request: server.Request, reply: Reply) -> None:
         request.setResponseCode(reply.status)
         request.setHeader(b"Access-Control-Allow-Origin", b"*")
         request.setHeader(b"Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS.encode())
@@ -451,7 +450,7 @@ class RestResource(resource.Resource):
             request.write(data)
         request.finish()
 
-    def _segments(self, request: IRequest) -> tuple[str, ...]:
+    def _segments(self, request: server.Request) -> tuple[str, ...]:
         path = request.path.split(b"?", 1)[0]
         parts = path.split(b"/")[1:]
         if len(parts) > 1 and parts[-1] == b"":
@@ -484,7 +483,7 @@ class RestResource(resource.Resource):
                 params = candidate
         return found, params
 
-    async def _dispatch(self, request: IRequest) -> Reply:
+    async def _dispatch(self, request: server.Request) -> Reply:
         method = request.method.decode("ascii", "replace").upper()
         operations, params = self._route(self._segments(request))
         if not operations:
@@ -508,7 +507,7 @@ class RestResource(resource.Resource):
         handler = getattr(self, op.handler)
         return await handler(request, params, body, localpart)
 
-    def _rawBody(self, request: IRequest) -> bytes:
+    def _rawBody(self, request: server.Request) -> bytes:
         """
         The request's body, checked for size and media type.
 
@@ -522,8 +521,11 @@ class RestResource(resource.Resource):
         declared = request.getHeader(b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             raise too
-        request.content.seek(0)
-        raw = request.content.read(limit + 1)
+        content = request.content
+        raw = b""
+        if content is not None:
+            content.seek(0)
+            raw = content.read(limit + 1)
         if len(raw) > limit:
             raise too
         contentType = request.getHeader(b"content-type")
@@ -534,7 +536,7 @@ class RestResource(resource.Resource):
             )
         return raw
 
-    async def _authenticate(self, request: IRequest) -> str:
+    async def _authenticate(self, request: server.Request) -> str:
         """
         The localpart owning the request's token (C{Authorization: Bearer} or C{?token=}).
 
@@ -548,7 +550,8 @@ class RestResource(resource.Resource):
                 raise BadToken("use Authorization: Bearer TOKEN")
             token = value.strip()
         else:
-            values = request.args.get(b"token")
+            args: dict[bytes, list[bytes]] = request.args or {}
+            values = args.get(b"token")
             if values:
                 token = values[0].decode("latin-1")
         if not token:
@@ -558,11 +561,12 @@ class RestResource(resource.Resource):
             raise BadToken("the token is unknown or has expired")
         return localpart
 
-    def _token(self, request: IRequest) -> str:
+    def _token(self, request: server.Request) -> str:
         header = request.getHeader(b"authorization")
         if header is not None:
             return header.decode("latin-1").strip().partition(" ")[2].strip()
-        return request.args[b"token"][0].decode("latin-1")
+        args: dict[bytes, list[bytes]] = request.args or {}
+        return args[b"token"][0].decode("latin-1")
 
     def _targetOf(self, params: dict[str, str]) -> str | None:
         """The normalised localpart named in the path, or C{None} if it is not a valid one."""
@@ -580,7 +584,7 @@ class RestResource(resource.Resource):
     # -- handlers -----------------------------------------------------------------------
 
     async def getUser(
-        self, request: IRequest, params: dict[str, str], body: None, localpart: None
+        self, request: server.Request, params: dict[str, str], body: None, localpart: None
     ) -> Reply:
         target = self._targetOf(params)
         if target is None or not await self.store.userExists(target):
@@ -588,14 +592,14 @@ class RestResource(resource.Resource):
         return Reply(200, {"jid": self.accounts.bareJID(target)})
 
     async def postUsers(
-        self, request: IRequest, params: dict[str, str], body: Any, localpart: None
+        self, request: server.Request, params: dict[str, str], body: Any, localpart: None
     ) -> Reply:
         jid, password = _stringFields(body, ("jid", "password"))
         registered = await self.accounts.register(jid, password)
         return Reply(201, {"jid": self.accounts.bareJID(registered)})
 
     async def postLogin(
-        self, request: IRequest, params: dict[str, str], body: Any, localpart: None
+        self, request: server.Request, params: dict[str, str], body: Any, localpart: None
     ) -> Reply:
         jid, password = _stringFields(body, ("jid", "password"))
         token, user = await self.accounts.login(jid, password)
@@ -606,24 +610,24 @@ class RestResource(resource.Resource):
         return Reply(200, reply)
 
     async def postLogout(
-        self, request: IRequest, params: dict[str, str], body: None, localpart: str
+        self, request: server.Request, params: dict[str, str], body: None, localpart: str
     ) -> Reply:
         await self.accounts.revokeToken(self._token(request))
         return Reply(204)
 
     async def getMe(
-        self, request: IRequest, params: dict[str, str], body: None, localpart: str
+        self, request: server.Request, params: dict[str, str], body: None, localpart: str
     ) -> Reply:
         profile = await self._profile(localpart)
         return Reply(200, profileBody(self.accounts.bareJID(localpart), profile))
 
     async def patchMe(
-        self, request: IRequest, params: dict[str, str], body: Any, localpart: str
+        self, request: server.Request, params: dict[str, str], body: Any, localpart: str
     ) -> Reply:
         return await self._updateProfile(localpart, body)
 
     async def patchUser(
-        self, request: IRequest, params: dict[str, str], body: Any, localpart: str
+        self, request: server.Request, params: dict[str, str], body: Any, localpart: str
     ) -> Reply:
         if self._targetOf(params) != localpart:
             raise Forbidden("you may only change your own profile")
@@ -651,7 +655,7 @@ class RestResource(resource.Resource):
         return Reply(200, profileBody(self.accounts.bareJID(localpart), profile))
 
     async def postPassword(
-        self, request: IRequest, params: dict[str, str], body: Any, localpart: str
+        self, request: server.Request, params: dict[str, str], body: Any, localpart: str
     ) -> Reply:
         new, old = _stringFields(body, ("password", "old_password"))
         if not await self.accounts.checkPassword(localpart, old):
@@ -660,7 +664,7 @@ class RestResource(resource.Resource):
         return Reply(204)
 
     async def getRoster(
-        self, request: IRequest, params: dict[str, str], body: None, localpart: str
+        self, request: server.Request, params: dict[str, str], body: None, localpart: str
     ) -> Reply:
         items = await self.store.getRoster(localpart)
         return Reply(200, {"items": [
@@ -676,7 +680,7 @@ class RestResource(resource.Resource):
         ]})
 
     async def getHealth(
-        self, request: IRequest, params: dict[str, str], body: None, localpart: None
+        self, request: server.Request, params: dict[str, str], body: None, localpart: None
     ) -> Reply:
         try:
             d = defer.maybeDeferred(self.store.ping)
@@ -686,14 +690,14 @@ class RestResource(resource.Resource):
             error = e if isinstance(e, XMPPJSONError) else StoreUnavailable()
             self.log.warn(  # noqa: G010 - twisted.logger API
                 "Health check: the database is unavailable: {error!r}", error=e)
-            body = {"status": "unavailable", "store": "unavailable"}
-            body.update(error.toJSON())
-            body["error"] = "service-unavailable"
-            return Reply(503, body, {"Retry-After": str(RETRY_AFTER)})
+            answer: dict[str, Any] = {"status": "unavailable", "store": "unavailable"}
+            answer.update(error.toJSON())
+            answer["error"] = "service-unavailable"
+            return Reply(503, answer, {"Retry-After": str(RETRY_AFTER)})
         return Reply(200, {"status": "ok", "store": "ok"})
 
     async def getOpenAPI(
-        self, request: IRequest, params: dict[str, str], body: None, localpart: None
+        self, request: server.Request, params: dict[str, str], body: None, localpart: None
     ) -> Reply:
         if self._openAPI is None:
             self._openAPI = openAPI(self.config.domain)
@@ -921,8 +925,9 @@ class BoundedRequest(server.Request):
         limit = self._limit()
         if limit is not None and self._received > limit:
             self.bodyTooLarge = True
-            self.content.seek(0)
-            self.content.truncate()
+            if self.content is not None:
+                self.content.seek(0)
+                self.content.truncate()
             return
         super().handleContentChunk(data)
 

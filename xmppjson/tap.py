@@ -131,7 +131,7 @@ class Options(usage.Options):
         )
 
 
-def makeService(options: Options, reactor: Any = None) -> service.IService:
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """
     The twistd entry point: the server for the parsed C{options}, built by
     L{xmppjson.service.makeServer} (nothing listens until twistd starts the service).

@@ -10,13 +10,10 @@ Resource tree::
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.web import resource, server
-from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
 
 from xmppjson.accounts import Accounts
 from xmppjson.config import Config
@@ -33,40 +30,17 @@ class WebRoot(resource.Resource):
         super().__init__()
         self.rest = rest
 
-    def getChild(self, path: bytes, request: IRequest) -> IResource:
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
         return self.rest
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: server.Request) -> Any:
         return self.rest.render(request)
 
 
-class UpgradeRequired(resource.Resource):
+def _streamResource(config: Config, accounts: Accounts, im: Any, reactor: Any) -> Any:
     """
-    Placeholder for C{/stream} until the WebSocket door is mounted: answers every request with
-    426 and a JSON error, which is also what the WebSocket resource answers to a plain HTTP
-    request.
-    """
-
-    isLeaf = True
-
-    def render(self, request: IRequest) -> bytes:
-        request.setResponseCode(426)
-        request.setHeader(b"Upgrade", b"websocket")
-        request.setHeader(b"Connection", b"Upgrade")
-        request.setHeader(b"Access-Control-Allow-Origin", b"*")
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        return json.dumps(
-            {
-                "error": "upgrade-required",
-                "description": "/stream is a WebSocket endpoint: connect with ws://…/stream?token=…",
-            },
-            ensure_ascii=False,
-        ).encode("utf-8")
-
-
-def _streamResource(config: Config, accounts: Accounts, im: Any, reactor: Any) -> IResource:
-    """
-    The resource mounted at C{/stream}: the JSON WebSocket dialect (C{docs/json-dialect.md}).
+    The resource (an L{IResource}) mounted at C{/stream}: the JSON WebSocket dialect
+    (C{docs/json-dialect.md}).
 
     HOOK for the WebSocket door: return its Autobahn C{WebSocketResource} here (built from
     C{config}, C{accounts} for token checks, C{im} for sessions and C{reactor}).
@@ -86,7 +60,7 @@ class XmppJsonSite(server.Site):
     requestFactory = BoundedRequest
     displayTracebacks = False
 
-    def __init__(self, root: IResource, maxBody: int, reactor: Any = None):
+    def __init__(self, root: resource.Resource, maxBody: int, reactor: Any = None):
         super().__init__(root, reactor=reactor)
         self.maxBody = maxBody
 
