@@ -36,8 +36,6 @@ SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
 
 _HASHES = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-1": hashlib.sha1}
 
-log = Logger()
-
 # scramp's error -> the RFC 6120 failure condition shown to the client.  Anything that means
 # "the credentials are wrong" is not-authorized; anything that means "your message is broken"
 # is malformed-request.
@@ -90,6 +88,7 @@ class SASLMechanism:
     """
 
     name = ""
+    log = Logger()
 
     async def start(self, initial: bytes | None) -> Challenge | Success:
         """The C{<auth/>} element arrived, with its decoded initial response or C{None}."""
@@ -298,7 +297,7 @@ class ScramServerMechanism(SASLMechanism):
                 _iterationCount(keys.iterations),
             )
         except ScramException:
-            log.error("Unusable stored SCRAM keys for {user}", user=localpart)
+            self.log.error("Unusable stored SCRAM keys for {user}", user=localpart)
             raise SASLFailure("temporary-auth-failure") from None
         server = _ScrampMechanism(self.name).make_server(lambda _username: None)
         # scramp asks for the keys through a synchronous callback; ours were fetched above.
