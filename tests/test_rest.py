@@ -682,6 +682,31 @@ class EndToEndTests(unittest.TestCase):
         self.assertTrue(request.bodyTooLarge)
 
 
+class AccessLogTests(unittest.TestCase):
+    """Tokens never reach the access log."""
+
+    def test_tokenRedacted(self) -> None:
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from xmppjson.web import redactingLogFormatter
+
+        config = makeConfig()
+        site = makeSite(config, Accounts(config, None, task.Clock()), None, task.Clock())
+        self.assertIs(site._logFormatter, redactingLogFormatter)
+        request = DummyRequest([b"me"])
+        request.method = b"GET"
+        request.clientproto = b"HTTP/1.1"
+        request.code = 200
+        request.sentLength = 17
+        for uri, shown in ((b"/me?token=s3cr3t-_x&a=1", "/me?token=<redacted>&a=1"),
+                           (b"/stream?v=1&token=s3cr3t", "/stream?v=1&token=<redacted>"),
+                           (b"/users/token=x", "/users/token=x")):
+            request.uri = uri
+            line = site._logFormatter("[now]", request)
+            self.assertIn(f'"GET {shown} HTTP/1.1" 200 17', line)
+            self.assertNotIn("s3cr3t", line)
+
+
 class ErrorLadderTests(unittest.TestCase):
     """Statuses of the HTTP-only conditions used by the REST door."""
 

@@ -10,10 +10,13 @@ Resource tree::
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import http, resource, server
+from twisted.web.iweb import IAccessLogFormatter
+from zope.interface import provider
 
 from xmppjson.accounts import Accounts
 from xmppjson.config import Config
@@ -50,10 +53,23 @@ def _streamResource(config: Config, accounts: Accounts, im: Any, reactor: Any) -
     return StreamResource(config, accounts, im, reactor)
 
 
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*")
+
+
+@provider(IAccessLogFormatter)
+def redactingLogFormatter(timestamp: str, request: server.Request) -> str:
+    """
+    The combined access log format, with C{?token=…} values (REST calls and the WebSocket URL)
+    replaced by C{<redacted>}: a login token in a log file is a login.
+    """
+    return _TOKEN_IN_QUERY.sub(r"\1<redacted>", http.combinedLogFormatter(timestamp, request))
+
+
 class XmppJsonSite(server.Site):
     """
     The Site: bodies are bounded by C{maxBody} (C{config.maxHTTPBody}) while they are received
-    (L{BoundedRequest}), and tracebacks are never shown to clients.
+    (L{BoundedRequest}), tracebacks are never shown to clients, and tokens never reach the
+    access log (L{redactingLogFormatter}).
     """
 
     _logger = Logger()  # not "log": Site.log(request) writes the access log
@@ -61,7 +77,7 @@ class XmppJsonSite(server.Site):
     displayTracebacks = False
 
     def __init__(self, root: resource.Resource, maxBody: int, reactor: Any = None):
-        super().__init__(root, reactor=reactor)
+        super().__init__(root, reactor=reactor, logFormatter=redactingLogFormatter)
         self.maxBody = maxBody
 
 
