@@ -1345,3 +1345,72 @@ class ShutdownTests(unittest.TestCase):
         d = fx.factory.drain(grace=3)
         fx.clock.advance(3)
         self.assertTrue(d.called)
+
+
+class _RefusingAccounts:
+    """Accounts that know nobody, answering at once: the fuzz test never needs a store."""
+
+    def nodeprep(self, localpart: str) -> str:
+        return localpart.lower()
+
+    async def checkPassword(self, localpart: str, password: str) -> bool:
+        return False
+
+    async def getScramKeys(self, localpart: str, mechanism: str) -> None:
+        return None
+
+
+_FRAGMENTS = st.sampled_from(
+    [
+        HEADER.format(to=DOMAIN),
+        HEADER.format(to="elsewhere"),
+        "<?xml version='1.0'?>",
+        "<!DOCTYPE x [<!ENTITY a 'b'>]>",
+        "<?pi x?>",
+        "<!-- c -->",
+        "&amp;",
+        "&undefined;",
+        "<message><body>hi</body></message>",
+        "<presence/>",
+        "<iq type='set' id='1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
+        f"<starttls xmlns='{NS_TLS}'/>",
+        f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>AGEAYg==</auth>",
+        f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-1'>biwsbj1hLHI9Yg==</auth>",
+        f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>@@@</auth>",
+        f"<response xmlns='{NS_SASL}'/>",
+        f"<abort xmlns='{NS_SASL}'/>",
+        "</stream:stream>",
+        "<a><b><c>",
+        "</a>",
+        " ",
+        "\u00e9\u4e2d",
+    ]
+)
+
+
+class FuzzTests(unittest.TestCase):
+    """Whatever arrives, in whatever chunks, the door never raises and closes properly."""
+
+    @given(
+        st.lists(st.one_of(_FRAGMENTS, st.binary(max_size=40).map(repr)), max_size=12),
+        st.lists(st.integers(1, 64), min_size=1, max_size=8),
+        st.binary(max_size=64),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_anyInput(self, fragments: list[str], cuts: list[int], raw: bytes) -> None:
+        config = Config(domain=DOMAIN, allowPlaintext=True, maxStanzaSizePreAuth=512)
+        factory = C2SFactory(
+            config, _RefusingAccounts(), IMServer(config, None, task.Clock()), task.Clock(), None
+        )
+        wire = Wire(factory)
+        data = "".join(fragments).encode("utf-8") + raw
+        position, index = 0, 0
+        while position < len(data):
+            size = cuts[index % len(cuts)]
+            wire.protocol.dataReceived(data[position : position + size])
+            position += size
+            index += 1
+        output = wire.transport.value()
+        if wire.closed:
+            self.assertTrue(output.endswith(b"</stream:stream>"), output)
+        self.assertEqual(self.flushLoggedErrors(), [])
