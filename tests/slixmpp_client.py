@@ -14,6 +14,7 @@ or C{{"ok": false, "error": "...", "stage": "..."}}.  It always exits within C{-
 Modes:
  - C{starttls}: STARTTLS is required, the server's certificate is trusted through C{--ca-file}
    (the self-signed PEM the server generated), SASL SCRAM.
+ - C{directtls}: TLS from the first byte (XEP-0368), on an C{ssl:} listener.
  - C{plain}: no TLS at all, SASL PLAIN (the server must run with C{--allow-plaintext}).
 """
 
@@ -38,7 +39,7 @@ def makeClient(jid: str, password: str, args: argparse.Namespace) -> slixmpp.Cli
         mechanisms["unencrypted_plain"] = True
     client = slixmpp.ClientXMPP(jid, password, plugin_config={"feature_mechanisms": mechanisms})
     # Connect exactly where told: no DNS SRV, no direct TLS attempt on a STARTTLS port.
-    client.enable_direct_tls = False
+    client.enable_direct_tls = args.mode == "directtls"
     client.enable_starttls = args.mode == "starttls"
     client.enable_plaintext = args.mode == "plain"
     if args.ca_file:
@@ -148,7 +149,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--domain", default="localhost")
-    parser.add_argument("--mode", choices=("starttls", "plain"), default="starttls")
+    parser.add_argument("--mode", choices=("starttls", "directtls", "plain"), default="starttls")
     parser.add_argument("--mech", default=None, help="force one SASL mechanism")
     parser.add_argument("--ca-file", default=None, help="PEM file of the server certificate")
     parser.add_argument("--sender", required=True)

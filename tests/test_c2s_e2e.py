@@ -47,7 +47,7 @@ class C2SEndToEndTests(unittest.TestCase):
 
         return reactor
 
-    async def startServer(self, **configArgs: Any) -> C2SFactory:
+    async def startServer(self, directTLS: bool = False, **configArgs: Any) -> C2SFactory:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         self.config = Config(
@@ -61,9 +61,11 @@ class C2SEndToEndTests(unittest.TestCase):
         self.accounts = Accounts(self.config, store, reactor)
         self.im = IMServer(self.config, store, reactor)
         factory = makeC2SFactory(self.config, self.accounts, self.im, reactor)
-        port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-            factory
-        )
+        endpoint = "tcp:0:interface=127.0.0.1"
+        if directTLS:
+            assert factory.tls is not None
+            endpoint = f"ssl:0:interface=127.0.0.1:privateKey={factory.tls.certificatePath}"
+        port = await endpoints.serverFromString(reactor, endpoint).listen(factory)
         self.port = port.getHost().port
 
         async def stop() -> None:
@@ -161,6 +163,17 @@ class C2SEndToEndTests(unittest.TestCase):
         self.assertFalse(result["ok"])
         self.assertEqual(result["stage"], "login")
         self.assertIn(result["error"], ("failed_auth", "failed_all_auth"), result)
+
+    async def test_directTLS(self) -> None:
+        """On an C{ssl:} listener (XEP-0368) the stream is secure from the start: no STARTTLS."""
+        factory = await self.startServer(directTLS=True)
+        assert factory.tls is not None
+        result = await self.runClient(
+            "--mode", "directtls", "--ca-file", factory.tls.certificatePath
+        )
+        self.assertDelivered(result)
+        self.assertTrue(result["encrypted"])
+        self.assertEqual(result["mechanism"], "SCRAM-SHA-256")
 
     async def test_untrustedCertificate(self) -> None:
         """The client checks the certificate: without the server's PEM it refuses to go on."""
