@@ -44,7 +44,10 @@ setup(
     extras_require={
         # wheel: tests/test_packaging.py builds the package without build isolation, and
         # setuptools older than 70.1 needs it for bdist_wheel.
-        "test": ["hypothesis>=6.100", "slixmpp>=1.8", "mypy", "ruff", "wheel"],
+        # openapi-spec-validator: tests/test_rest.py checks the OpenAPI document and that real
+        # answers fit it.
+        "test": ["hypothesis>=6.100", "slixmpp>=1.8", "mypy", "ruff", "wheel",
+                 "openapi-spec-validator>=0.7"],
     },
     zip_safe=False,
 )

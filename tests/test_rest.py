@@ -578,6 +578,56 @@ class OpenAPITests(RestTestCase):
                 for status in op["responses"]:
                     self.assertTrue(100 <= int(status) < 600)
 
+    def test_validOpenAPI(self) -> None:
+        """The document is valid OpenAPI 3.1."""
+        from openapi_spec_validator import validate
+
+        validate(openAPI())
+
+    def assertDocumented(self, method: str, template: str, response: HTTPResponse) -> None:
+        """The response's status is documented for the operation, and its body fits."""
+        from openapi_schema_validator import OAS31Validator
+
+        document = openAPI()
+        documented = document["paths"][template][method.lower()]["responses"]
+        self.assertIn(str(response.code), documented, (method, template))
+        content = documented[str(response.code)].get("content")
+        if content is None:
+            self.assertEqual(response.body, b"")
+            return
+        schema = dict(content["application/json"]["schema"])
+        schema["components"] = document["components"]
+        OAS31Validator(schema).validate(response.json())
+
+    async def test_responsesMatchDocument(self) -> None:
+        """Real answers of every endpoint fit the schemas the document gives for them."""
+        await self.asyncSetUp()
+        c = self.client
+        self.assertDocumented("POST", "/users", await self.register())
+        self.assertDocumented("POST", "/users", await self.register())  # 409
+        self.assertDocumented("POST", "/users", await self.register("a b", "1"))  # 422
+        self.assertDocumented("POST", "/users", await c.post("/users", data=b"{"))  # 400
+        self.assertDocumented("GET", "/users/{localpart}", await c.get("/users/szymon"))
+        self.assertDocumented("GET", "/users/{localpart}", await c.get("/users/nobody"))
+        login = await c.post("/login", json={"jid": "szymon", "password": "123456"})
+        self.assertDocumented("POST", "/login", login)
+        self.assertDocumented("POST", "/login", await c.post("/login", json={
+            "jid": "szymon", "password": "wrong!"}))
+        token = login.json()["token"]
+        self.assertDocumented("GET", "/me", await c.get("/me", token=token))
+        self.assertDocumented("PATCH", "/me", await c.patch("/me", json={"city": "X"},
+                                                            token=token))
+        self.assertDocumented("PATCH", "/me", await c.patch("/me", json={"x": 1}, token=token))
+        self.assertDocumented("PATCH", "/users/{localpart}", await c.patch(
+            "/users/other", json={"city": "X"}, token=token))
+        self.assertDocumented("GET", "/me/roster", await c.get("/me/roster", token=token))
+        self.assertDocumented("POST", "/me/password", await c.post("/me/password", json={
+            "password": "abcdefg", "old_password": "123456"}, token=token))
+        self.assertDocumented("GET", "/health", await c.get("/health"))
+        self.assertDocumented("POST", "/logout", await c.post("/logout", token=token))
+        self.assertDocumented("GET", "/me", await c.get("/me", token=token))  # 401
+        self.assertDocumented("POST", "/users", await c.post("/users", data=b"x" * 70000))
+
     def test_docsCurrent(self) -> None:
         """docs/openapi.json is the generated document (regenerate: see docs/rest.md)."""
         onDisk = json.loads((REPO / "docs" / "openapi.json").read_text(encoding="utf-8"))
