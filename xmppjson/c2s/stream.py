@@ -99,6 +99,12 @@ def _refuse(what: str) -> Callable[..., None]:
     return refuse
 
 
+_REFUSE_DTD = _refuse("DTDs")
+_REFUSE_ENTITY = _refuse("entity declarations")
+_REFUSE_PI = _refuse("processing instructions")
+_REFUSE_COMMENT = _refuse("comments")
+
+
 def _depth(element: domish.Element) -> int:
     """The nesting depth of an element tree, without recursion (the tree may be hostile)."""
     deepest = 0
@@ -750,10 +756,10 @@ class C2SStream(xmlstream.XmlStream):
         # No buffer_text: its 8 KiB buffer per connection would cost a third more memory for
         # an idle session than the whole parser, for no measurable speed (domish merges
         # adjacent text anyway).
-        parser.StartDoctypeDeclHandler = _refuse("DTDs")
-        parser.EntityDeclHandler = _refuse("entity declarations")
-        parser.ProcessingInstructionHandler = _refuse("processing instructions")
-        parser.CommentHandler = _refuse("comments")
+        parser.StartDoctypeDeclHandler = _REFUSE_DTD
+        parser.EntityDeclHandler = _REFUSE_ENTITY
+        parser.ProcessingInstructionHandler = _REFUSE_PI
+        parser.CommentHandler = _REFUSE_COMMENT
         self.stream = stream
         self._parser = parser
         self._parse = parser.Parse
