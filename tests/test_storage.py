@@ -15,9 +15,11 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
+from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.protocols import portforward
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from tests import pgtest
@@ -39,6 +41,9 @@ from xmppjson.storage.sqlite import SQLiteStore
 UTC = datetime.UTC
 T0 = datetime.datetime(2024, 5, 17, 12, 30, 15, 123456, tzinfo=UTC)
 FAST_RETRY = (0.01, 0.05)
+
+# Real I/O (a worker thread, sockets) needs the running reactor.
+reactor: Any = _reactor
 
 KEYS1 = ScramKeys(
     salt=b"\x00salt\xff",
@@ -94,10 +99,15 @@ class StoreTestsMixin(_MixinBase):
     def repair(self) -> None:
         raise NotImplementedError()
 
-    async def setUp(self) -> None:
+    def setUp(self) -> Any:
         self.store = self.makeStore()
         self.addCleanup(self.store.close)
-        await self.store.start()
+        return self.store.start()
+
+    async def profileOf(self, localpart: str) -> dict[str, Any]:
+        profile = await self.store.getProfile(localpart)
+        assert profile is not None
+        return profile
 
     # users
 
@@ -121,6 +131,7 @@ class StoreTestsMixin(_MixinBase):
     async def test_credentialsRoundTrip(self) -> None:
         await self.store.createUser("alice", CREDS)
         creds = await self.store.getCredentials("alice")
+        assert creds is not None
         self.assertEqual(creds, CREDS)
         self.assertIsInstance(creds.keys["SCRAM-SHA-1"].salt, bytes)
         self.assertIsInstance(creds.keys["SCRAM-SHA-256"].storedKey, bytes)
@@ -152,7 +163,7 @@ class StoreTestsMixin(_MixinBase):
 
     async def test_profileDefaults(self) -> None:
         await self.store.createUser("alice", CREDS)
-        profile = await self.store.getProfile("alice")
+        profile = await self.profileOf("alice")
         self.assertEqual(
             profile,
             dict.fromkeys(PROFILE_FIELDS, None)
@@ -167,20 +178,22 @@ class StoreTestsMixin(_MixinBase):
             {"full_name": "Alice Ł. Żółć", "streer_2": "Flat 2", "email": "a@x.org"},
         )
         await self.store.updateProfile("alice", {"email": None, "city": "Kraków"})
-        profile = await self.store.getProfile("alice")
+        profile = await self.profileOf("alice")
         self.assertEqual(profile["full_name"], "Alice Ł. Żółć")
         self.assertEqual(profile["streer_2"], "Flat 2")
         self.assertIsNone(profile["email"])
         self.assertEqual(profile["city"], "Kraków")
         self.assertIsNone(profile["about"])
         # another user's profile is untouched
-        self.assertIsNone((await self.store.getProfile("bob"))["full_name"])
+        self.assertIsNone((await self.profileOf("bob"))["full_name"])
 
     async def test_everyProfileField(self) -> None:
         await self.store.createUser("alice", CREDS)
-        values = {name: f"value of {name}" for name in PROFILE_FIELDS}
+        values: dict[str, str | None] = {
+            name: f"value of {name}" for name in PROFILE_FIELDS
+        }
         await self.store.updateProfile("alice", values)
-        profile = await self.store.getProfile("alice")
+        profile = await self.profileOf("alice")
         self.assertEqual({name: profile[name] for name in PROFILE_FIELDS}, values)
 
     async def test_profileUnknownUser(self) -> None:
@@ -205,7 +218,7 @@ class StoreTestsMixin(_MixinBase):
         self.assertTrue(
             await self.store.setLastPresence("alice", seen, "away", "lunch")
         )
-        profile = await self.store.getProfile("alice")
+        profile = await self.profileOf("alice")
         self.assertEqual(profile["last_seen"], seen)
         self.assertEqual(profile["last_seen"].utcoffset(), datetime.timedelta(0))
         self.assertEqual((profile["presence"], profile["status"]), ("away", "lunch"))
@@ -342,9 +355,7 @@ class StoreTestsMixin(_MixinBase):
         self.assertEqual(
             [m.xml for m in messages], [f"<message id='m{n}'/>" for n in range(3)]
         )
-        self.assertEqual(
-            messages[0].stamp.tzinfo.utcoffset(None), datetime.timedelta(0)
-        )
+        self.assertEqual(messages[0].stamp.utcoffset(), datetime.timedelta(0))
         self.assertEqual(len(set(ids + [bobsId])), 4)
 
     async def test_deleteOffline(self) -> None:
@@ -407,7 +418,7 @@ class StoreTestsMixin(_MixinBase):
         # a new account of the same name inherits nothing
         await self.store.createUser("alice", Credentials({}))
         self.assertEqual(await self.store.getCredentials("alice"), Credentials({}))
-        self.assertIsNone((await self.store.getProfile("alice"))["full_name"])
+        self.assertIsNone((await self.profileOf("alice"))["full_name"])
         self.assertIsNone(
             await self.store.lookupToken("tok", T0 - datetime.timedelta(days=1))
         )
@@ -464,12 +475,13 @@ class StoreTestsMixin(_MixinBase):
     async def test_notStarted(self) -> None:
         store = self.makeStore()
         self.addCleanup(store.close)
-        for d in (
+        calls: list[defer.Deferred[Any]] = [
             store.ping(),
             store.userExists("alice"),
             store.createUser("alice", CREDS),
             store.getOffline("alice"),
-        ):
+        ]
+        for d in calls:
             await self.assertFailure(d, StoreUnavailable)
 
     async def test_closed(self) -> None:
@@ -502,6 +514,7 @@ class StoreTestsMixin(_MixinBase):
         delays = []
         for _ in range(5):
             await waitFor(lambda: bool(clock.getDelayedCalls()))
+            call: Any
             [call] = clock.getDelayedCalls()
             delays.append(call.getTime() - clock.seconds())
             clock.advance(delays[-1])
@@ -595,11 +608,15 @@ def _freePort() -> int:
 
 
 class _RelayServer(portforward.ProxyServer):
+    factory: _Relay
+
     def connectionMade(self) -> None:
         self.factory.relays.add(self)
         super().connectionMade()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(
+        self, reason: Failure = portforward.protocol.connectionDone
+    ) -> None:
         self.factory.relays.discard(self)
         super().connectionLost(reason)
 
@@ -629,9 +646,10 @@ class _Relay(portforward.ProxyFactory):
             await self.listening.stopListening()
             self.listening = None
         for relay in list(self.relays):
-            relay.transport.abortConnection()
-            if relay.peer is not None:
-                relay.peer.transport.abortConnection()
+            for side in (relay, relay.peer):
+                transport: Any = side.transport if side is not None else None
+                if transport is not None:
+                    transport.abortConnection()
         await waitFor(lambda: not self.relays)
         # let the reactor finish closing the database side too
         await task.deferLater(reactor, 0.01, lambda: None)
