@@ -7,7 +7,7 @@ stanza-id, one C{deliver} per target.  Only messages that must be stored touch t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -42,6 +42,14 @@ class MessageHandler:
         self.store = server.store
         self.domain = server.domain
         self._offlineLocks: dict[str, defer.DeferredLock] = {}
+        #: Features that may stop a message before it is routed (blocking, ...): each is called
+        #: as C{f(sender, message, target)} and returns C{True} when it took care of the
+        #: message (answered or dropped it), which ends routing.
+        self.filters: list[Callable[["Session", domish.Element, JID], bool]] = []
+        #: Features that act on every routed message (archive, carbons, ...): each is called as
+        #: C{f(message, bare, delivered, sender)} after the message was handed to the sessions in
+        #: C{delivered} (empty when it was stored offline).
+        self.observers: list[Callable[[domish.Element, str, list["Session"], "Session | None"], None]] = []
 
     def outbound(self, session: "Session", message: domish.Element) -> None:
         to = message.getAttribute("to")
@@ -61,6 +69,9 @@ class MessageHandler:
             if message.getAttribute("type") not in ("error", "headline", "groupchat") and hasBody(message):
                 session.deliver(errorReply(message, "service-unavailable", sender=self.domain))
             return
+        for accept in self.filters:
+            if accept(session, message, target):
+                return
         self.route(message, target, session)
 
     def route(self, message: domish.Element, target: JID, sender: "Session | None" = None) -> None:
@@ -75,6 +86,8 @@ class MessageHandler:
             if session is not None:
                 self._stampId(message, bare)
                 session.deliver(message)
+                if self.observers:
+                    self._observe(message, bare, [session], sender)
                 return
             if mtype in ("error", "headline"):
                 return
@@ -89,11 +102,20 @@ class MessageHandler:
             self._stampId(message, bare)
             for session in targets:
                 session.deliver(message)
+            if self.observers:
+                self._observe(message, bare, targets, sender)
             return
         if mtype in ("error", "headline"):
             return
         d = defer.ensureDeferred(self._offline(message, bare, mtype, sender))
         d.addErrback(self._offlineFailed, message, sender)
+
+    def _observe(self, message: domish.Element, bare: str, delivered: list["Session"], sender: "Session | None") -> None:
+        for observer in self.observers:
+            try:
+                observer(message, bare, delivered, sender)
+            except Exception:
+                self.log.failure("Message observer {o} failed", o=observer)
 
     def _stampId(self, message: domish.Element, by: str) -> None:
         """
@@ -128,6 +150,8 @@ class MessageHandler:
         self._stampId(message, bare)
         addDelay(message, when, self.domain)
         await self.store.storeOffline(localpart, when, message.toXml())
+        if self.observers:
+            self._observe(message, bare, [], sender)
         # A session may have become reachable while we were storing: hand it over now.
         if self.router.messageTargets(bare):
             for session in self.router.messageTargets(bare):

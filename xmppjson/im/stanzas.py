@@ -148,7 +148,10 @@ def errorReply(
     for child in stanza.children:
         if isinstance(child, domish.Element) and child.name != "error":
             reply.addChild(child)
-    reply.addChild(jerror.StanzaError(condition, errorType, text).getElement())
+    error = jerror.StanzaError(condition, errorType, text).getElement()
+    # Twisted builds <error/> without a namespace; it belongs to the stanza's (jabber:client).
+    error.uri = error.defaultUri = NS_CLIENT
+    reply.addChild(error)
     return reply
 
 
