@@ -1,0 +1,435 @@
+"""
+Tests for the IM core (L{xmppjson.im}): RFC 6121 routing, rosters and subscriptions, presence,
+offline storage and server iq, on a real store, with recording sessions standing in for doors.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from xmppjson.im.stanzas import NS_DELAY, NS_ROSTER, NS_SID, firstChild
+from tests.imhelpers import CoreFixture, parse, settle, until
+
+
+def _d(f):
+    """Run an async test method as a Deferred."""
+
+    def wrapper(self, *a, **kw):
+        return defer.ensureDeferred(f(self, *a, **kw))
+
+    wrapper.__name__ = f.__name__
+    return wrapper
+
+
+def errorCondition(stanza) -> str | None:
+    error = firstChild(stanza, "error")
+    if error is None:
+        return None
+    for child in error.elements():
+        if child.uri == "urn:ietf:params:xml:ns:xmpp-stanzas" and child.name != "text":
+            return child.name
+    return None
+
+
+class MessageRoutingTests(unittest.TestCase):
+    @_d
+    async def test_fullJIDDelivery(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<message to='alicja@localhost/dom' id='m1' type='chat' from='forged@evil/x'><body>cześć 👋</body></message>")
+        [got] = a.take("message")
+        self.assertEqual(got["from"], "szymon@localhost/web")
+        self.assertEqual(got["id"], "m1")
+        self.assertEqual(str(got.body), "cześć 👋")
+        sid = firstChild(got, "stanza-id", NS_SID)
+        self.assertEqual(sid["by"], "alicja@localhost")
+        self.assertTrue(sid["id"])
+
+    @_d
+    async def test_bareJIDHighestPriority(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        low = await core.connect("alicja@localhost/low", presence="<presence><priority>1</priority></presence>")
+        high = await core.connect("alicja@localhost/high", presence="<presence><priority>5</priority></presence>")
+        neg = await core.connect("alicja@localhost/neg", presence="<presence><priority>-1</priority></presence>")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<message to='alicja@localhost' type='chat'><body>hi</body></message>")
+        self.assertEqual(len(high.take("message")), 1)
+        self.assertEqual(low.take("message"), [])
+        self.assertEqual(neg.take("message"), [])
+
+    @_d
+    async def test_goneResourceFallsBackToBare(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<message to='alicja@localhost/gone' type='chat'><body>hi</body></message>")
+        self.assertEqual(len(a.take("message")), 1)
+
+    @_d
+    async def test_unknownUserGetsServiceUnavailable(self):
+        core = await CoreFixture(self).start("szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<message to='nobody@localhost' id='x1' type='chat'><body>hi</body></message>")
+        await until(lambda: s.received)
+        [error] = s.take("message")
+        self.assertEqual(error["type"], "error")
+        self.assertEqual(error["id"], "x1")
+        self.assertEqual(errorCondition(error), "service-unavailable")
+
+    @_d
+    async def test_otherDomainGetsRemoteServerNotFound(self):
+        core = await CoreFixture(self).start("szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<message to='x@elsewhere.example' type='chat'><body>hi</body></message>")
+        [error] = s.take("message")
+        self.assertEqual(errorCondition(error), "remote-server-not-found")
+
+    @_d
+    async def test_malformedToGetsJIDMalformed(self):
+        core = await CoreFixture(self).start("szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<message to='a@b@c' type='chat'><body>hi</body></message>")
+        [error] = s.take("message")
+        self.assertEqual(errorCondition(error), "jid-malformed")
+
+
+class OfflineTests(unittest.TestCase):
+    @_d
+    async def test_storedAndDeliveredOnceAtInitialPresence(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<message to='alicja@localhost' id='o1' type='chat'><body>later</body></message>")
+        await settle()
+        stored = await core.store.getOffline("alicja")
+        self.assertEqual(len(stored), 1)
+        a = await core.connect("alicja@localhost/dom")
+        self.assertEqual(a.take("message"), [])  # no presence yet: not reachable
+        a.send("<presence/>")
+        await until(lambda: any(e.name == "message" for e in a.received))
+        [got] = a.take("message")
+        self.assertEqual(got["id"], "o1")
+        self.assertEqual(got["from"], "szymon@localhost/web")
+        delay = firstChild(got, "delay", NS_DELAY)
+        self.assertEqual(delay["from"], "localhost")
+        self.assertTrue(delay["stamp"].endswith("Z"))
+        await settle()
+        self.assertEqual(await core.store.getOffline("alicja"), [])
+        # A second session does not get it again.
+        b = await core.connect("alicja@localhost/other", presence="<presence/>")
+        await settle()
+        self.assertEqual(b.take("message"), [])
+
+    @_d
+    async def test_webSessionGetsOfflineAtOpen(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<message to='alicja@localhost' id='o2' type='chat'><body>later</body></message>")
+        await settle()
+        w = await core.connect("alicja@localhost/web", messagesAtOnce=True)
+        await until(lambda: w.received)
+        self.assertEqual([m["id"] for m in w.take("message")], ["o2"])
+
+    @_d
+    async def test_chatStatesNotStored(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<message to='alicja@localhost' type='chat'>"
+               "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
+        await settle()
+        self.assertEqual(await core.store.getOffline("alicja"), [])
+        self.assertEqual(s.take("message"), [])  # not an error either
+
+    @_d
+    async def test_undeliverableGoesOffline(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        core.im.closeSession(a)  # the socket died; the door hands back what it could not write
+        core.im.undeliverable(a, parse(
+            "<message from='szymon@localhost/web' to='alicja@localhost/dom' type='chat' id='u1'><body>x</body></message>"))
+        await settle()
+        stored = await core.store.getOffline("alicja")
+        self.assertEqual(len(stored), 1)
+        self.assertIn("u1", stored[0].xml)
+        del s
+
+
+class RosterTests(unittest.TestCase):
+    @_d
+    async def test_setGetRemove(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<iq type='set' id='r1'><query xmlns='jabber:iq:roster'>"
+               "<item jid='alicja@localhost' name='Alicja'><group>Friends</group></item></query></iq>")
+        await until(lambda: len(s.received) >= 2)
+        push, result = s.take("iq")
+        self.assertEqual(push["type"], "set")
+        item = firstChild(firstChild(push, "query", NS_ROSTER), "item")
+        self.assertEqual((item["jid"], item["name"], item["subscription"]), ("alicja@localhost", "Alicja", "none"))
+        self.assertEqual(result["type"], "result")
+        self.assertEqual(result["id"], "r1")
+        s.send("<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>")
+        await until(lambda: s.received)
+        [roster] = s.take("iq")
+        items = list(firstChild(roster, "query", NS_ROSTER).elements())
+        self.assertEqual([i["jid"] for i in items], ["alicja@localhost"])
+        self.assertEqual([str(g) for g in items[0].elements()], ["Friends"])
+        s.send("<iq type='set' id='r3'><query xmlns='jabber:iq:roster'>"
+               "<item jid='alicja@localhost' subscription='remove'/></query></iq>")
+        await until(lambda: len(s.received) >= 2)
+        push, result = s.take("iq")
+        self.assertEqual(firstChild(firstChild(push, "query", NS_ROSTER), "item")["subscription"], "remove")
+        self.assertEqual(result["type"], "result")
+        self.assertEqual(await core.store.getRoster("szymon"), [])
+
+    @_d
+    async def test_badRosterSet(self):
+        core = await CoreFixture(self).start("szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<iq type='set' id='b1'><query xmlns='jabber:iq:roster'>"
+               "<item jid='a@localhost'/><item jid='b@localhost'/></query></iq>")
+        await until(lambda: s.received)
+        [error] = s.take("iq")
+        self.assertEqual(errorCondition(error), "bad-request")
+        s.send("<iq type='set' id='b2'><query xmlns='jabber:iq:roster'>"
+               "<item jid='nobody@localhost' subscription='remove'/></query></iq>")
+        await until(lambda: s.received)
+        [error] = s.take("iq")
+        self.assertEqual(errorCondition(error), "item-not-found")
+
+
+async def _subscribe(core, a, b):
+    """a subscribes to b and b approves; then b subscribes to a and a approves."""
+    a.send(f"<presence type='subscribe' to='{b.bare}'/>")
+    await until(lambda: any(e.getAttribute("type") == "subscribe" for e in b.received))
+    b.send(f"<presence type='subscribed' to='{a.bare}'/>")
+    await settle()
+    b.send(f"<presence type='subscribe' to='{a.bare}'/>")
+    await until(lambda: any(e.getAttribute("type") == "subscribe" for e in a.received))
+    a.send(f"<presence type='subscribed' to='{b.bare}'/>")
+    await settle(8)
+
+
+class SubscriptionTests(unittest.TestCase):
+    @_d
+    async def test_handshakeToBoth(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        a.send("<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True, presence="<presence/>")
+        await _subscribe(core, s, a)
+        rosterS = {i.jid: i for i in await core.store.getRoster("szymon")}
+        rosterA = {i.jid: i for i in await core.store.getRoster("alicja")}
+        self.assertEqual(rosterS["alicja@localhost"].subscription, "both")
+        self.assertEqual(rosterA["szymon@localhost"].subscription, "both")
+        self.assertFalse(rosterS["alicja@localhost"].askOut or rosterS["alicja@localhost"].pendingIn)
+        pushes = [e for e in s.received if e.name == "iq" and e.getAttribute("type") == "set"]
+        last = firstChild(firstChild(pushes[-1], "query", NS_ROSTER), "item")
+        self.assertEqual(last["subscription"], "both")
+        # Each now sees the other's presence.
+        s.take()
+        a.take()
+        a.send("<presence><show>away</show><status>busy</status></presence>")
+        [p] = s.take("presence")
+        self.assertEqual(p["from"], "alicja@localhost/dom")
+        self.assertEqual(str(firstChild(p, "show")), "away")
+
+    @_d
+    async def test_requestWaitsForOfflineContact(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True, presence="<presence/>")
+        s.send("<presence type='subscribe' to='alicja@localhost'/>")
+        await settle(8)
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        requests = [e for e in a.received if e.getAttribute("type") == "subscribe"]
+        self.assertEqual([r["from"] for r in requests], ["szymon@localhost"])
+
+    @_d
+    async def test_unsubscribedDenies(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True, presence="<presence/>")
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        s.send("<presence type='subscribe' to='alicja@localhost'/>")
+        await until(lambda: any(e.getAttribute("type") == "subscribe" for e in a.received))
+        a.send("<presence type='unsubscribed' to='szymon@localhost'/>")
+        await until(lambda: any(e.getAttribute("type") == "unsubscribed" for e in s.received))
+        rosterS = {i.jid: i for i in await core.store.getRoster("szymon")}
+        self.assertEqual(rosterS["alicja@localhost"].subscription, "none")
+        self.assertFalse(rosterS["alicja@localhost"].askOut)
+        self.assertEqual(await core.store.getRoster("alicja"), [])
+
+    @_d
+    async def test_subscribeToUnknownUserIsDenied(self):
+        core = await CoreFixture(self).start("szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True, presence="<presence/>")
+        s.send("<presence type='subscribe' to='ghost@localhost'/>")
+        await settle(8)
+        [item] = await core.store.getRoster("szymon")
+        self.assertFalse(item.askOut)
+        self.assertEqual(item.subscription, "none")
+
+
+class PresenceTests(unittest.TestCase):
+    async def _pair(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True, presence="<presence/>")
+        await _subscribe(core, s, a)
+        a.take()
+        s.take()
+        return core, a, s
+
+    @_d
+    async def test_disconnectBroadcastsUnavailable(self):
+        core, a, s = await self._pair()
+        core.im.closeSession(a)
+        [p] = s.take("presence")
+        self.assertEqual((p["from"], p["type"]), ("alicja@localhost/dom", "unavailable"))
+
+    @_d
+    async def test_newSessionReceivesContactsPresence(self):
+        core, a, s = await self._pair()
+        a.send("<presence><show>dnd</show></presence>")
+        s2 = await core.connect("szymon@localhost/phone", presence="<presence/>")
+        froms = {(p["from"], str(firstChild(p, "show") or "")) for p in s2.take("presence")}
+        self.assertIn(("alicja@localhost/dom", "dnd"), froms)
+        self.assertIn(("szymon@localhost/web", ""), froms)
+
+    @_d
+    async def test_noPresenceWithoutSubscription(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True, presence="<presence/>")
+        a.send("<presence><show>away</show></presence>")
+        self.assertEqual(s.take("presence"), [])
+
+    @_d
+    async def test_directedPresenceAndItsUnavailable(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True, presence="<presence/>")
+        s.send("<presence to='alicja@localhost/dom'><status>hi</status></presence>")
+        [p] = a.take("presence")
+        self.assertEqual(p["from"], "szymon@localhost/web")
+        core.im.closeSession(s)
+        [p] = a.take("presence")
+        self.assertEqual(p["type"], "unavailable")
+
+    @_d
+    async def test_lastSeenRecorded(self):
+        core, a, s = await self._pair()
+        a.send("<presence><show>xa</show><status>out</status></presence>")
+        await core.im.presence.lastSeen.flush()
+        profile = await core.store.getProfile("alicja")
+        self.assertEqual((profile["presence"], profile["status"]), ("xa", "out"))
+        core.im.closeSession(a)
+        await core.im.presence.lastSeen.flush()
+        profile = await core.store.getProfile("alicja")
+        self.assertEqual(profile["presence"], "unavailable")
+        self.assertIsNotNone(profile["last_seen"])
+
+    @_d
+    async def test_badShowIsBadRequest(self):
+        core = await CoreFixture(self).start("alicja")
+        a = await core.connect("alicja@localhost/dom")
+        a.send("<presence id='p'><show>sleeping</show></presence>")
+        [error] = a.take("presence")
+        self.assertEqual(errorCondition(error), "bad-request")
+
+
+class SessionTests(unittest.TestCase):
+    @_d
+    async def test_conflictReplacesOldSession(self):
+        core = await CoreFixture(self).start("alicja")
+        old = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        new = await core.connect("alicja@localhost/dom")
+        self.assertEqual(old.closedWith, "conflict")
+        self.assertFalse(old.active)
+        self.assertIs(core.im.router.session("alicja@localhost", "dom"), new)
+
+    @_d
+    async def test_sessionLimit(self):
+        core = await CoreFixture(self, maxSessionsPerUser=2).start("alicja")
+        await core.connect("alicja@localhost/1")
+        await core.connect("alicja@localhost/2")
+        with self.assertRaises(Exception) as caught:
+            await core.connect("alicja@localhost/3")
+        self.assertEqual(caught.exception.condition, "policy-violation")
+
+    @_d
+    async def test_shutdownClosesEverySession(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        await core.im.shutdown()
+        self.assertEqual((a.closedWith, s.closedWith), ("system-shutdown", "system-shutdown"))
+        self.assertEqual(len(core.im.router), 0)
+
+
+class ServerIQTests(unittest.TestCase):
+    @_d
+    async def test_ping(self):
+        core = await CoreFixture(self).start("alicja")
+        a = await core.connect("alicja@localhost/dom")
+        a.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        [r] = a.take("iq")
+        self.assertEqual((r["type"], r["id"], r["from"], r["to"]), ("result", "p1", "localhost", "alicja@localhost/dom"))
+
+    @_d
+    async def test_discoListsFeatures(self):
+        core = await CoreFixture(self).start("alicja")
+        a = await core.connect("alicja@localhost/dom")
+        a.send("<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        [r] = a.take("iq")
+        query = firstChild(r, "query")
+        features = {f["var"] for f in query.elements() if f.name == "feature"}
+        self.assertTrue({"urn:xmpp:ping", "jabber:iq:version", "msgoffline"} <= features)
+        identity = firstChild(query, "identity")
+        self.assertEqual((identity["category"], identity["type"]), ("server", "im"))
+
+    @_d
+    async def test_unknownIQServiceUnavailable(self):
+        core = await CoreFixture(self).start("alicja")
+        a = await core.connect("alicja@localhost/dom")
+        a.send("<iq type='get' id='u1' to='localhost'><query xmlns='urn:example:nothing'/></iq>")
+        [r] = a.take("iq")
+        self.assertEqual(errorCondition(r), "service-unavailable")
+
+    @_d
+    async def test_iqToOtherUsersSession(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        a = await core.connect("alicja@localhost/dom")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        a.send("<iq type='get' id='v1' to='szymon@localhost/web'><query xmlns='jabber:iq:version'/></iq>")
+        [got] = s.take("iq")
+        self.assertEqual(got["from"], "alicja@localhost/dom")
+        a.send("<iq type='get' id='v2' to='szymon@localhost/gone'><query xmlns='jabber:iq:version'/></iq>")
+        [r] = a.take("iq")
+        self.assertEqual(errorCondition(r), "service-unavailable")
+
+
+class RosterVersioningTests(unittest.TestCase):
+    @_d
+    async def test_unchangedRosterIsEmptyResult(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='alicja@localhost'/></query></iq>")
+        await until(lambda: len(s.received) >= 2)
+        push = s.take("iq")[0]
+        pushVer = firstChild(push, "query", NS_ROSTER)["ver"]
+        s.send("<iq type='get' id='g1'><query xmlns='jabber:iq:roster' ver=''/></iq>")
+        await until(lambda: s.received)
+        [full] = s.take("iq")
+        ver = firstChild(full, "query", NS_ROSTER)["ver"]
+        self.assertEqual(ver, pushVer)
+        s.send(f"<iq type='get' id='g2'><query xmlns='jabber:iq:roster' ver='{ver}'/></iq>")
+        await until(lambda: s.received)
+        [empty] = s.take("iq")
+        self.assertEqual(empty["type"], "result")
+        self.assertIsNone(firstChild(empty, "query", NS_ROSTER))
+        s.send("<iq type='set' id='r2'><query xmlns='jabber:iq:roster'><item jid='alicja@localhost' name='A'/></query></iq>")
+        await until(lambda: len(s.received) >= 2)
+        newVer = firstChild(s.take("iq")[0], "query", NS_ROSTER)["ver"]
+        self.assertNotEqual(newVer, ver)

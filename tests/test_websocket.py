@@ -1,0 +1,313 @@
+"""
+Tests for the JSON door (L{xmppjson.websocket}), written as transcripts between web users: real
+Autobahn clients on in-memory transports through the real Site, token check and IM core.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from tests.wshelpers import WebFixture
+
+
+def _d(f):
+    def wrapper(self, *a, **kw):
+        return defer.ensureDeferred(f(self, *a, **kw))
+
+    wrapper.__name__ = f.__name__
+    return wrapper
+
+
+def rawHTTP(fixture: WebFixture, request: bytes) -> tuple[int, dict, bytes]:
+    transport = StringTransport()
+    protocol = fixture.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))
+    protocol.makeConnection(transport)
+    protocol.dataReceived(request)
+    return transport, protocol
+
+
+def parseResponse(raw: bytes) -> tuple[int, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        chunks, rest = [], body
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                break
+            chunks.append(rest[:n])
+            rest = rest[n + 2:]
+        body = b"".join(chunks)
+    return status, body
+
+
+UPGRADE = (
+    b"GET /stream%s HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+)
+
+
+class HandshakeTests(unittest.TestCase):
+    @_d
+    async def test_sessionFrameFirst(self):
+        web = await WebFixture(self).start("szymon")
+        client = await web.connect("szymon")
+        [frame] = client.take("session")
+        self.assertRegex(frame["payload"]["jid"], r"^szymon@localhost/web-[0-9a-f]{8}$")
+        self.assertEqual(frame["payload"]["version"], 1)
+        self.assertEqual(len(web.im.router), 1)
+
+    @_d
+    async def test_bearerHeader(self):
+        web = await WebFixture(self).start("szymon")
+        token = await web.token("szymon")
+        client = web.open("/stream", headers={"Authorization": f"Bearer {token}"})
+        await web.until(lambda: client.frames)
+        self.assertEqual(client.frames[0]["type"], "session")
+
+    @_d
+    async def test_badTokenIs401WithJSON(self):
+        web = await WebFixture(self).start("szymon")
+        transport, _ = rawHTTP(web, UPGRADE % (b"?token=nope", b""))
+        await web.until(lambda: b"\r\n\r\n" in transport.value())
+        await web.flush()
+        status, body = parseResponse(transport.value())
+        self.assertEqual(status, 401)
+        self.assertEqual(json.loads(body)["error"], "not-authorized")
+        self.assertEqual(len(web.im.router), 0)
+
+    @_d
+    async def test_missingTokenIs401(self):
+        web = await WebFixture(self).start()
+        transport, _ = rawHTTP(web, UPGRADE % (b"", b""))
+        status, body = parseResponse(transport.value())
+        self.assertEqual(status, 401)
+        self.assertIn("token", json.loads(body)["description"])
+
+    @_d
+    async def test_expiredToken(self):
+        web = await WebFixture(self, tokenTTL=60).start("szymon")
+        token = await web.token("szymon")
+        web.clock.advance(61)
+        transport, _ = rawHTTP(web, UPGRADE % (b"?token=" + token.encode(), b""))
+        await web.until(lambda: b"\r\n\r\n" in transport.value())
+        await web.flush()
+        self.assertEqual(parseResponse(transport.value())[0], 401)
+
+    @_d
+    async def test_plainGetIs426(self):
+        web = await WebFixture(self).start()
+        transport, _ = rawHTTP(web, b"GET /stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        status, body = parseResponse(transport.value())
+        self.assertEqual(status, 426)
+        self.assertEqual(json.loads(body)["error"], "upgrade-required")
+
+
+class ChatTranscriptTests(unittest.TestCase):
+    @_d
+    async def test_twoWebUsersChatWithChatStates(self):
+        web = await WebFixture(self).start("szymon", "alicja")
+        szymon = await web.connect("szymon")
+        alicja = await web.connect("alicja")
+        alicjaJID = alicja.take("session")[0]["payload"]["jid"]
+        szymonJID = szymon.take("session")[0]["payload"]["jid"]
+        # szymon (JSON) types, then sends; alicja (JSON) sees both.
+        szymon.sendJSON({"type": "message", "payload": {"to": "alicja@localhost", "id": "t1",
+                                                        "type": "chat", "composing": {}}})
+        szymon.sendJSON({"type": "message", "payload": {"name": "message", "from": "liar@x",
+                                                        "to": "alicja@localhost", "id": "as12da11",
+                                                        "type": "chat", "body": "Test wiadomości z Webscoketów"}})
+        await web.until(lambda: len(alicja.frames) >= 2)
+        typing, message = alicja.take("message")
+        self.assertEqual(typing["payload"]["composing"], {"ID": ""})
+        self.assertEqual(typing["payload"]["body"], "")
+        payload = message["payload"]
+        self.assertEqual(list(payload)[:5], ["from", "id", "to", "type", "body"])
+        self.assertEqual(payload["from"], szymonJID)
+        self.assertEqual(payload["id"], "as12da11")
+        self.assertEqual(payload["body"], "Test wiadomości z Webscoketów")
+        self.assertTrue(payload["stanza_id"])
+        # and back, with a pause
+        alicja.sendJSON({"type": "message", "payload": {"to": szymonJID, "id": "r1", "type": "chat",
+                                                        "body": "", "paused": {}}})
+        await web.until(lambda: szymon.frames)
+        [paused] = szymon.take("message")
+        self.assertEqual(paused["payload"]["paused"], {})
+        self.assertEqual(paused["payload"]["from"], alicjaJID)
+
+    @_d
+    async def test_badFrameThenGoodFrame(self):
+        web = await WebFixture(self).start("szymon", "alicja")
+        szymon = await web.connect("szymon")
+        alicja = await web.connect("alicja")
+        szymon.take()
+        alicja.take()
+        szymon.sendText("{not json")
+        szymon.sendJSON({"type": "telepathy", "payload": {}})
+        szymon.sendJSON({"type": "message", "payload": {"to": "a@b@c", "id": "bad1", "body": "x"}})
+        await web.until(lambda: len(szymon.frames) >= 3)
+        errors = szymon.take("error")
+        self.assertEqual(len(errors), 3)
+        for error in errors:
+            self.assertEqual(error["payload"]["condition"], "bad-request")
+            self.assertTrue(error["payload"]["text"])
+        self.assertEqual(errors[2]["payload"]["id"], "bad1")
+        szymon.sendJSON({"type": "message", "payload": {"to": "alicja@localhost", "id": "ok",
+                                                        "type": "chat", "body": "still here"}})
+        await web.until(lambda: alicja.frames)
+        self.assertEqual(alicja.take("message")[0]["payload"]["body"], "still here")
+        self.assertIsNone(szymon.closedWith)
+
+    @_d
+    async def test_offlineMessageArrivesOnceWithDelay(self):
+        web = await WebFixture(self).start("szymon", "alicja")
+        szymon = await web.connect("szymon")
+        szymon.sendJSON({"type": "message", "payload": {"to": "alicja@localhost", "id": "off1",
+                                                        "type": "chat", "body": "while you were out"}})
+        await web.flush()
+        alicja = await web.connect("alicja")
+        await web.until(lambda: any(f["type"] == "message" for f in alicja.frames))
+        [message] = alicja.take("message")
+        self.assertEqual(message["payload"]["id"], "off1")
+        self.assertEqual(message["payload"]["delay"]["from"], "localhost")
+        self.assertRegex(message["payload"]["delay"]["stamp"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+        again = await web.connect("alicja")
+        await web.flush()
+        self.assertEqual(again.take("message"), [])
+
+    @_d
+    async def test_unknownRecipientError(self):
+        web = await WebFixture(self).start("szymon")
+        szymon = await web.connect("szymon")
+        szymon.take()
+        szymon.sendJSON({"type": "message", "payload": {"to": "ghost@localhost", "id": "g1",
+                                                        "type": "chat", "body": "hello?"}})
+        await web.until(lambda: szymon.frames)
+        [bounce] = szymon.take("message")
+        self.assertEqual(bounce["payload"]["type"], "error")
+        self.assertEqual(bounce["payload"]["error"]["condition"], "service-unavailable")
+
+
+class RosterPresenceTranscriptTests(unittest.TestCase):
+    async def _friends(self, web):
+        szymon = await web.connect("szymon", presence={})
+        alicja = await web.connect("alicja", presence={"show": "av"})
+        szymon.sendJSON({"type": "presence", "payload": {"type": "subscribe", "to": "alicja@localhost"}})
+        await web.until(lambda: any(f["type"] == "presence" and f["payload"].get("type") == "subscribe"
+                                    for f in alicja.frames))
+        alicja.sendJSON({"type": "presence", "payload": {"type": "subscribed", "to": "szymon@localhost"}})
+        alicja.sendJSON({"type": "presence", "payload": {"type": "subscribe", "to": "szymon@localhost"}})
+        await web.until(lambda: any(f["type"] == "presence" and f["payload"].get("type") == "subscribe"
+                                    for f in szymon.frames))
+        szymon.sendJSON({"type": "presence", "payload": {"type": "subscribed", "to": "alicja@localhost"}})
+        await web.flush(10)
+        return szymon, alicja
+
+    @_d
+    async def test_subscriptionHandshakeLeadsToBoth(self):
+        web = await WebFixture(self).start("szymon", "alicja")
+        szymon, alicja = await self._friends(web)
+        pushes = [f for f in szymon.frames if f["type"] == "iq" and f["payload"].get("type") == "set"]
+        self.assertEqual(pushes[-1]["payload"]["items"][0]["subscription"], "both")
+        szymon.take()
+        szymon.sendText('{"type": "iq", "payload": {"type": "get", "id": "12345", "query": {"jabber:iq:roster"}}}')
+        await web.until(lambda: szymon.frames)
+        [roster] = szymon.take("iq")
+        self.assertEqual(roster["payload"]["type"], "result")
+        self.assertEqual(roster["payload"]["id"], "12345")
+        [item] = roster["payload"]["items"]
+        self.assertEqual((item["jid"], item["subscription"]), ("alicja@localhost", "both"))
+
+    @_d
+    async def test_presenceShowStatusAndDisconnect(self):
+        web = await WebFixture(self).start("szymon", "alicja")
+        szymon, alicja = await self._friends(web)
+        szymon.take()
+        alicja.sendJSON({"type": "presence", "payload": {"show": "away", "status": "Mam  na imię alicja"}})
+        await web.until(lambda: szymon.frames)
+        [p] = szymon.take("presence")
+        self.assertEqual(p["payload"]["show"], "away")
+        self.assertEqual(p["payload"]["status"], "Mam  na imię alicja")
+        self.assertTrue(p["payload"]["from"].startswith("alicja@localhost/web-"))
+        alicja.sendJSON({"type": "presence", "payload": {"show": "av"}})
+        await web.until(lambda: szymon.frames)
+        [p] = szymon.take("presence")
+        self.assertNotIn("show", p["payload"])
+        self.assertNotIn("type", p["payload"])
+        alicja.transport.loseConnection()
+        await web.until(lambda: any(f["type"] == "presence" for f in szymon.frames))
+        [p] = szymon.take("presence")
+        self.assertEqual(p["payload"]["type"], "unavailable")
+        self.assertEqual(len(web.im.router.sessionsOf("alicja@localhost")), 0)
+
+    @_d
+    async def test_rosterSetPushedToEverySession(self):
+        web = await WebFixture(self).start("szymon", "alicja")
+        one = await web.connect("szymon")
+        two = await web.connect("szymon")
+        one.take()
+        two.take()
+        one.sendJSON({"type": "iq", "payload": {"type": "set", "id": "r1", "query": "jabber:iq:roster",
+                                                "item": {"jid": "alicja@localhost", "name": "Alicja",
+                                                         "groups": ["Friends"]}}})
+        await web.until(lambda: two.frames and len(one.frames) >= 2)
+        [push] = two.take("iq")
+        self.assertEqual(push["payload"]["items"][0]["name"], "Alicja")
+        self.assertEqual(push["payload"]["items"][0]["groups"], ["Friends"])
+        results = [f for f in one.take("iq") if f["payload"]["type"] == "result"]
+        self.assertEqual([r["payload"]["id"] for r in results], ["r1"])
+
+    @_d
+    async def test_pingAndUnknownIQ(self):
+        web = await WebFixture(self).start("szymon")
+        szymon = await web.connect("szymon")
+        szymon.take()
+        szymon.sendJSON({"type": "iq", "payload": {"type": "get", "id": "p1", "to": "localhost", "ping": {}}})
+        szymon.sendJSON({"type": "iq", "payload": {"type": "get", "id": "u1", "to": "localhost",
+                                                   "xml": ["<query xmlns='urn:example:none'/>"]}})
+        await web.until(lambda: len(szymon.frames) >= 2)
+        pong, unknown = szymon.take("iq")
+        self.assertEqual((pong["payload"]["type"], pong["payload"]["id"]), ("result", "p1"))
+        self.assertEqual(unknown["payload"]["type"], "error")
+        self.assertEqual(unknown["payload"]["error"]["condition"], "service-unavailable")
+
+    @_d
+    async def test_unmappedChildrenTravelAsXML(self):
+        web = await WebFixture(self).start("szymon", "alicja")
+        szymon = await web.connect("szymon")
+        alicja = await web.connect("alicja")
+        alicja.take()
+        receipt = "<request xmlns='urn:xmpp:receipts'/>"
+        szymon.sendJSON({"type": "message", "payload": {"to": "alicja@localhost", "id": "x1", "type": "chat",
+                                                        "body": "hi", "xml": [receipt]}})
+        await web.until(lambda: alicja.frames)
+        [m] = alicja.take("message")
+        self.assertEqual(m["payload"]["xml"], [receipt])
+
+
+class LifecycleTests(unittest.TestCase):
+    @_d
+    async def test_shutdownClosesSockets(self):
+        web = await WebFixture(self).start("szymon")
+        szymon = await web.connect("szymon")
+        await web.im.shutdown()
+        await web.until(lambda: szymon.closedWith is not None)
+        self.assertEqual(szymon.closedWith[0], 4503)
+        self.assertEqual([f["payload"]["condition"] for f in szymon.take("error")], ["system-shutdown"])
+        self.assertEqual(len(web.im.router), 0)
+
+    @_d
+    async def test_sessionFrameResourceIsUnique(self):
+        web = await WebFixture(self).start("szymon")
+        a = await web.connect("szymon")
+        b = await web.connect("szymon")
+        ja, jb = a.frames[0]["payload"]["jid"], b.frames[0]["payload"]["jid"]
+        self.assertNotEqual(ja, jb)
+        self.assertTrue(re.match(r"szymon@localhost/web-", jb))

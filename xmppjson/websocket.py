@@ -1,0 +1,297 @@
+"""
+The JSON door: the WebSocket dialect of C{docs/json-dialect.md} on C{/stream}.
+
+L{StreamResource} authenticates the handshake with a login token (query C{?token=} or
+C{Authorization: Bearer}) before handing the connection to Autobahn, so a bad token is refused
+with HTTP 401 and a JSON body.  Each socket becomes a L{WebSocketSession} in the IM core; frames
+are translated by L{xmppjson.jsonstanza} and nothing else happens here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+
+from xmppjson import jsonstanza
+from xmppjson.config import Config
+from xmppjson.error import XMPPJSONError, asError
+from xmppjson.session import Session
+
+# WebSocket close codes for the reasons the server ends a session.
+# (RFC 6455 reserves 1xxx for the protocol; 4000 + an HTTP-like status says why.)
+CLOSE_CODES = {
+    "conflict": 4409,
+    "system-shutdown": 4503,
+    "policy-violation": 4429,
+    "not-authorized": 4401,
+    "connection-timeout": 4408,
+    "internal-server-error": 4500,
+}
+
+# Frames a client may send before its session is registered (the handshake is asynchronous);
+# more than this is a misbehaving client.
+MAX_EARLY_FRAMES = 64
+
+
+class WebSocketSession(Session):
+    """
+    A session on the JSON door.  It receives messages from the moment it opens and roster pushes
+    always (the original web API did both), and is available only once it sends presence.
+    """
+
+    door = "websocket"
+    messagesWhileUnavailable = True
+
+    def __init__(self, jid: JID, protocol: "StreamProtocol"):
+        super().__init__(jid)
+        self.protocol = protocol
+        self.interested = True
+
+    def deliver(self, element: domish.Element) -> None:
+        protocol = self.protocol
+        if not self.active or protocol.closing:
+            protocol.im.undeliverable(self, element)
+            return
+        try:
+            text = jsonstanza.serialize(element)
+        except Exception:
+            protocol.log.failure("Cannot translate a {name} for {s}", name=element.name, s=self)
+            return
+        protocol.sendMessage(text.encode("utf-8"), isBinary=False)
+
+    def close(self, condition: str | None = None, text: str | None = None) -> None:
+        self.protocol.closeWith(condition, text)
+
+
+class StreamProtocol(WebSocketServerProtocol):
+    """One WebSocket connection: frames in, stanzas out, and the reverse."""
+
+    log = Logger()
+    localpart: str = ""
+    im: Any = None
+    config: Config
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session: Optional[WebSocketSession] = None
+        self.closing = False
+        self._early: Optional[list[bytes]] = []
+
+    def onOpen(self) -> None:
+        jid = JID(tuple=(self.localpart, self.config.domain, "web-" + self.im.newResource()[3:11]))
+        self.session = WebSocketSession(jid, self)
+        d = defer.ensureDeferred(self.im.openSession(self.session))
+        d.addCallbacks(self._opened, self._openFailed)
+
+    def _opened(self, _: Any) -> None:
+        if self.closing or self.session is None:
+            return
+        self.sendMessage(jsonstanza.sessionFrame(self.session.full).encode("utf-8"), isBinary=False)
+        early, self._early = self._early or [], None
+        for payload in early:
+            self._frame(payload)
+
+    def _openFailed(self, failure: Any) -> None:
+        error = asError(failure)
+        if error.condition == "internal-server-error":
+            self.log.failure("Opening a WebSocket session failed", failure)
+        self.closeWith(error.condition, error.text)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.closing:
+            return
+        if self._early is not None:
+            if len(self._early) >= MAX_EARLY_FRAMES:
+                self.closeWith("policy-violation", "too many frames before the session opened")
+                return
+            self._early.append(payload)
+            return
+        self._frame(payload)
+
+    def _frame(self, payload: bytes) -> None:
+        session = self.session
+        if session is None or not session.active:
+            return
+        try:
+            element = jsonstanza.parseFrame(payload, self.config.maxFrameSize)
+        except jsonstanza.FrameError as e:
+            self._errorFrame(e.condition, e.text, e.frameId)
+            return
+        except Exception:
+            self.log.failure("Reading a frame from {s} failed", s=session)
+            self._errorFrame("internal-server-error", "the server could not read this frame", None)
+            return
+        if self.config.verbose:
+            self.log.debug("IN {s}: {frame!r}", s=session, frame=payload)
+        try:
+            self.im.receive(session, element)
+        except Exception:
+            self.log.failure("Handling a frame from {s} failed", s=session)
+
+    def _errorFrame(self, condition: str, text: str, frameId: Any) -> None:
+        self.sendMessage(jsonstanza.errorFrame(condition, text, frameId).encode("utf-8"), isBinary=False)
+
+    def closeWith(self, condition: str | None, text: str | None) -> None:
+        """End the session from the server side: an error frame saying why, then a close."""
+        if self.closing:
+            return
+        self.closing = True
+        if condition and self.state == self.STATE_OPEN:
+            self._errorFrame(condition, text or condition, None)
+        self.sendClose(CLOSE_CODES.get(condition or "", 1000), (text or condition or "")[:120])
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        self.closing = True
+        self._early = None
+        if self.session is not None:
+            self.im.closeSession(self.session)
+
+
+class StreamFactory(WebSocketServerFactory):
+    """Builds L{StreamProtocol}s sharing the IM core."""
+
+    protocol = StreamProtocol
+
+    def __init__(self, config: Config, im: Any, reactor: Any):
+        super().__init__(reactor=reactor)
+        self._batched_timer = batchedTimer(reactor)
+        self.config = config
+        self.im = im
+        self.setProtocolOptions(
+            maxFramePayloadSize=config.maxFrameSize,
+            maxMessagePayloadSize=config.maxFrameSize,
+            openHandshakeTimeout=config.handshakeTimeout,
+            autoPingInterval=60,
+            autoPingTimeout=30,
+        )
+
+    def buildFor(self, localpart: str, addr: Any) -> StreamProtocol:
+        protocol = self.buildProtocol(addr)
+        protocol.localpart = localpart
+        protocol.im = self.im
+        protocol.config = self.config
+        return protocol
+
+
+class _Call:
+    """A delayed call that may be cancelled any number of times, as Autobahn expects."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Any):
+        self.call = call
+
+    def cancel(self) -> None:
+        if self.call.active():
+            self.call.cancel()
+
+
+class _Timers:
+    """
+    What Autobahn calls a batched timer, on the injected reactor.  Autobahn's own is bound to
+    the global reactor and never cancels its buckets; this one uses plain C{callLater}, so the
+    reactor given to the factory (a C{task.Clock} in tests) drives every handshake and ping
+    timeout, and nothing is left scheduled once a connection is gone.
+    """
+
+    def __init__(self, reactor: Any):
+        self.reactor = reactor
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> _Call:
+        return _Call(self.reactor.callLater(delay, func, *args, **kwargs))
+
+
+def batchedTimer(reactor: Any) -> _Timers:
+    return _Timers(reactor)
+
+
+class _OneUser:
+    """What L{WebSocketResource} calls C{factory}: builds the protocol for one authenticated user."""
+
+    def __init__(self, factory: StreamFactory, localpart: str):
+        self.factory = factory
+        self.localpart = localpart
+
+    def buildProtocol(self, addr: Any) -> StreamProtocol:
+        return self.factory.buildFor(self.localpart, addr)
+
+
+def _jsonError(request: Any, status: int, condition: str, text: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"error": condition, "description": text}).encode("utf-8")
+
+
+class StreamResource(resource.Resource):
+    """
+    C{/stream}: checks the token, then upgrades to the WebSocket dialect.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, config: Config, accounts: Any, im: Any, reactor: Any):
+        super().__init__()
+        self.accounts = accounts
+        self.factory = StreamFactory(config, im, reactor)
+
+    def render(self, request: Any) -> Any:
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if upgrade != b"websocket":
+            request.setHeader(b"upgrade", b"websocket")
+            return _jsonError(request, 426, "upgrade-required",
+                              "this endpoint speaks WebSocket: connect with a WebSocket client")
+        token = _token(request)
+        if not token:
+            return _jsonError(request, 401, "not-authorized",
+                              "a login token is required (?token= or Authorization: Bearer)")
+        d = defer.ensureDeferred(self.accounts.authenticateToken(token))
+        d.addCallbacks(self._authenticated, self._failed, (request,), None, (request,), None)
+        return server.NOT_DONE_YET
+
+    def _authenticated(self, localpart: Optional[str], request: Any) -> None:
+        if request.finished or request.channel is None:
+            return
+        if not localpart:
+            request.write(_jsonError(request, 401, "not-authorized", "unknown or expired token"))
+            request.finish()
+            return
+        try:
+            WebSocketResource(_OneUser(self.factory, localpart)).render(request)
+        except Exception:
+            self.log.failure("WebSocket upgrade failed")
+            if not request.finished and request.channel is not None:
+                request.write(_jsonError(request, 500, "internal-server-error", "upgrade failed"))
+                request.finish()
+
+    def _failed(self, failure: Any, request: Any) -> None:
+        error: XMPPJSONError = asError(failure)
+        if error.condition == "internal-server-error":
+            self.log.failure("Token check failed", failure)
+        if request.finished or request.channel is None:
+            return
+        request.write(_jsonError(request, error.httpStatus, error.condition, error.text or error.condition))
+        request.finish()
+
+
+def _token(request: Any) -> Optional[str]:
+    auth = request.getHeader(b"authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ") if isinstance(auth, str) else auth.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    values = request.args.get(b"token")
+    if values:
+        try:
+            return values[0].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return None
