@@ -433,3 +433,20 @@ class RosterVersioningTests(unittest.TestCase):
         await until(lambda: len(s.received) >= 2)
         newVer = firstChild(s.take("iq")[0], "query", NS_ROSTER)["ver"]
         self.assertNotEqual(newVer, ver)
+
+
+class ForgeryTests(unittest.TestCase):
+    @_d
+    async def test_clientCannotForgeServerStamps(self):
+        core = await CoreFixture(self).start("alicja", "szymon")
+        a = await core.connect("alicja@localhost/dom", presence="<presence/>")
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        s.send("<message to='alicja@localhost' type='chat' id='f1'><body>x</body>"
+               "<stanza-id xmlns='urn:xmpp:sid:0' by='alicja@localhost' id='fake'/>"
+               "<stanza-id xmlns='urn:xmpp:sid:0' by='localhost' id='fake2'/>"
+               "<delay xmlns='urn:xmpp:delay' from='localhost' stamp='2001-01-01T00:00:00Z'/></message>")
+        [got] = a.take("message")
+        ids = [c["id"] for c in got.elements() if c.name == "stanza-id"]
+        self.assertEqual(len(ids), 1)
+        self.assertNotIn(ids[0], ("fake", "fake2"))
+        self.assertIsNone(firstChild(got, "delay", NS_DELAY))

@@ -25,7 +25,7 @@ def _d(f):
 
 
 def rawHTTP(fixture: WebFixture, request: bytes) -> tuple[int, dict, bytes]:
-    transport = StringTransport()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 39999))
     protocol = fixture.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))
     protocol.makeConnection(transport)
     protocol.dataReceived(request)
@@ -311,3 +311,50 @@ class LifecycleTests(unittest.TestCase):
         ja, jb = a.frames[0]["payload"]["jid"], b.frames[0]["payload"]["jid"]
         self.assertNotEqual(ja, jb)
         self.assertTrue(re.match(r"szymon@localhost/web-", jb))
+
+
+class LimitTests(unittest.TestCase):
+    @_d
+    async def test_overRateIsSlowedNotDropped(self):
+        web = await WebFixture(self, stanzaRate=10, stanzaBurst=5).start("szymon", "alicja")
+        szymon = await web.connect("szymon")
+        alicja = await web.connect("alicja")
+        alicja.take()
+        server = [p for p in web.pumps if p.client is szymon][0].serverIO.protocol
+        for i in range(8):
+            szymon.sendJSON({"type": "message", "payload": {"to": "alicja@localhost", "id": f"m{i}",
+                                                            "type": "chat", "body": str(i)}})
+        await web.flush()
+        # The burst went through; the socket is paused until the bucket refills.
+        self.assertTrue(server._paused)
+        web.clock.advance(1)
+        await web.until(lambda: len(alicja.frames) == 8)
+        self.assertEqual([f["payload"]["body"] for f in alicja.take("message")], [str(i) for i in range(8)])
+        self.assertFalse(server._paused)
+
+    @_d
+    async def test_originAllowList(self):
+        web = await WebFixture(self, allowedOrigins=("https://chat.example",)).start("szymon")
+        token = (await web.token("szymon")).encode()
+        transport, _ = rawHTTP(web, UPGRADE % (b"?token=" + token, b"Origin: https://evil.example\r\n"))
+        status, body = parseResponse(transport.value())
+        self.assertEqual(status, 403)
+        self.assertEqual(json.loads(body)["error"], "forbidden")
+        good = web.open(f"/stream?token={token.decode()}", headers={"Origin": "https://chat.example"})
+        await web.until(lambda: good.frames)
+        self.assertEqual(good.frames[0]["type"], "session")
+
+    @_d
+    async def test_connectionsPerAddressCap(self):
+        web = await WebFixture(self, maxConnectionsPerAddress=2).start("szymon")
+        first = await web.connect("szymon")
+        await web.connect("szymon")
+        token = (await web.token("szymon")).encode()
+        transport, _ = rawHTTP(web, UPGRADE % (b"?token=" + token, b""))
+        await web.until(lambda: b"\r\n\r\n" in transport.value())
+        await web.flush()
+        self.assertEqual(parseResponse(transport.value())[0], 429)
+        first.transport.loseConnection()
+        await web.until(lambda: len(web.im.router) == 1)
+        third = await web.connect("szymon")
+        self.assertEqual(third.frames[0]["type"], "session")

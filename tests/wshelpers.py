@@ -83,7 +83,8 @@ class WebFixture(CoreFixture):
         serverProtocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
         pump = iosim.connect(
             serverProtocol,
-            iosim.FakeTransport(serverProtocol, isServer=True),
+            iosim.FakeTransport(serverProtocol, isServer=True,
+                                peerAddress=IPv4Address("TCP", "127.0.0.1", 40000 + len(self.pumps))),
             client,
             iosim.FakeTransport(client, isServer=False),
             greet=False,

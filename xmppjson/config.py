@@ -36,3 +36,8 @@ class Config:
     maxConnectionsPerAddress: int = 0  # 0 = unlimited
     handshakeTimeout: float = 60.0
     idleTimeout: float = 0.0  # 0 = no idle timeout
+    # per-session inbound rate (stanzas or frames per second, and burst); 0 disables
+    stanzaRate: float = 50.0
+    stanzaBurst: float = 200.0
+    # WebSocket Origin allow-list (empty: any origin)
+    allowedOrigins: tuple[str, ...] = ()

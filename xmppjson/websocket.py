@@ -23,6 +23,7 @@ from twisted.words.xish import domish
 from xmppjson import jsonstanza
 from xmppjson.config import Config
 from xmppjson.error import XMPPJSONError, asError
+from xmppjson.limits import ConnectionCounter, TokenBucket
 from xmppjson.session import Session
 
 # WebSocket close codes for the reasons the server ends a session.
@@ -78,14 +79,20 @@ class StreamProtocol(WebSocketServerProtocol):
     localpart: str = ""
     im: Any = None
     config: Config
+    #: the peer address counted in the factory's per-address connection cap
+    address: Optional[str] = None
 
     def __init__(self) -> None:
         super().__init__()
         self.session: Optional[WebSocketSession] = None
         self.closing = False
         self._early: Optional[list[bytes]] = []
+        self._paused = False
+        self.bucket: Optional[TokenBucket] = None
 
     def onOpen(self) -> None:
+        if self.config.stanzaRate > 0:
+            self.bucket = TokenBucket(self.config.stanzaRate, self.config.stanzaBurst, self.factory.reactor)
         jid = JID(tuple=(self.localpart, self.config.domain, "web-" + self.im.newResource()[3:11]))
         self.session = WebSocketSession(jid, self)
         d = defer.ensureDeferred(self.im.openSession(self.session))
@@ -108,6 +115,13 @@ class StreamProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.closing:
             return
+        if self.bucket is not None:
+            pause = self.bucket.take()
+            if pause and not self._paused:
+                # Over its rate: stop reading from this client until the bucket refills.
+                self._paused = True
+                self.transport.pauseProducing()
+                self.factory.reactor.callLater(pause, self._resume)
         if self._early is not None:
             if len(self._early) >= MAX_EARLY_FRAMES:
                 self.closeWith("policy-violation", "too many frames before the session opened")
@@ -115,6 +129,11 @@ class StreamProtocol(WebSocketServerProtocol):
             self._early.append(payload)
             return
         self._frame(payload)
+
+    def _resume(self) -> None:
+        self._paused = False
+        if not self.closing and self.transport is not None:
+            self.transport.resumeProducing()
 
     def _frame(self, payload: bytes) -> None:
         session = self.session
@@ -154,6 +173,12 @@ class StreamProtocol(WebSocketServerProtocol):
         if self.session is not None:
             self.im.closeSession(self.session)
 
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        if self.address is not None:
+            self.factory.connections.release(self.address)
+            self.address = None
+
 
 class StreamFactory(WebSocketServerFactory):
     """Builds L{StreamProtocol}s sharing the IM core."""
@@ -165,6 +190,7 @@ class StreamFactory(WebSocketServerFactory):
         self._batched_timer = batchedTimer(reactor)
         self.config = config
         self.im = im
+        self.connections = ConnectionCounter(config.maxConnectionsPerAddress)
         self.setProtocolOptions(
             maxFramePayloadSize=config.maxFrameSize,
             maxMessagePayloadSize=config.maxFrameSize,
@@ -216,12 +242,15 @@ def batchedTimer(reactor: Any) -> _Timers:
 class _OneUser:
     """What L{WebSocketResource} calls C{factory}: builds the protocol for one authenticated user."""
 
-    def __init__(self, factory: StreamFactory, localpart: str):
+    def __init__(self, factory: StreamFactory, localpart: str, address: str):
         self.factory = factory
         self.localpart = localpart
+        self.address = address
 
     def buildProtocol(self, addr: Any) -> StreamProtocol:
-        return self.factory.buildFor(self.localpart, addr)
+        protocol = self.factory.buildFor(self.localpart, addr)
+        protocol.address = self.address
+        return protocol
 
 
 def _jsonError(request: Any, status: int, condition: str, text: str) -> bytes:
@@ -249,6 +278,11 @@ class StreamResource(resource.Resource):
             request.setHeader(b"upgrade", b"websocket")
             return _jsonError(request, 426, "upgrade-required",
                               "this endpoint speaks WebSocket: connect with a WebSocket client")
+        allowed = self.factory.config.allowedOrigins
+        if allowed:
+            origin = (request.getHeader(b"origin") or b"").decode("latin-1")
+            if origin not in allowed:
+                return _jsonError(request, 403, "forbidden", f"origin {origin!r} is not allowed")
         token = _token(request)
         if not token:
             return _jsonError(request, 401, "not-authorized",
@@ -264,9 +298,17 @@ class StreamResource(resource.Resource):
             request.write(_jsonError(request, 401, "not-authorized", "unknown or expired token"))
             request.finish()
             return
+        address = request.getClientAddress()
+        host = getattr(address, "host", None) or str(address)
+        if not self.factory.connections.acquire(host):
+            request.write(_jsonError(request, 429, "policy-violation",
+                                     "too many connections from this address"))
+            request.finish()
+            return
         try:
-            WebSocketResource(_OneUser(self.factory, localpart)).render(request)
+            WebSocketResource(_OneUser(self.factory, localpart, host)).render(request)
         except Exception:
+            self.factory.connections.release(host)
             self.log.failure("WebSocket upgrade failed")
             if not request.finished and request.channel is not None:
                 request.write(_jsonError(request, 500, "internal-server-error", "upgrade failed"))
