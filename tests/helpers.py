@@ -91,7 +91,7 @@ class RestClient:
     """
     Requests against an in-memory resource tree with L{treq.testing.StubTreq}.  Handlers answer
     asynchronously (the store runs in a thread), so each request pumps the in-memory connection
-    until the response is complete.
+    until the response is complete.  Redirects are not followed: tests see each answer.
 
     @ivar stub: the L{StubTreq}.
     """
@@ -146,7 +146,8 @@ class RestClient:
         if token is not None:
             sendHeaders["Authorization"] = f"Bearer {token}"
         response = await self._settle(
-            self.stub.request(method, self.base + path, data=data, headers=sendHeaders)
+            self.stub.request(method, self.base + path, data=data, headers=sendHeaders,
+                              allow_redirects=False)
         )
         body = await self._settle(self.stub.content(response))
         return HTTPResponse(response.code, response.headers, body)

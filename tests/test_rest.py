@@ -370,7 +370,7 @@ class HTTPTests(RestTestCase):
 
     async def test_unknownPath(self) -> None:
         await self.asyncSetUp()
-        for path in ("/", "/nope", "/users/a/b", "/me/nope", "/login/x"):
+        for path in ("/nope", "/users/a/b", "/me/nope", "/login/x", "/users//x"):
             self.assertError(await self.client.get(path), 404, "item-not-found")
         self.assertError(await self.client.post("/nope", json={}), 404, "item-not-found")
 
@@ -634,14 +634,26 @@ class OpenAPITests(RestTestCase):
         self.assertEqual(onDisk, openAPI(), "docs/openapi.json is stale; see docs/rest.md")
 
 
-class StreamMountTests(RestTestCase):
-    """The WebSocket resource is mounted at /stream, apart from the REST routes."""
+class MountTests(RestTestCase):
+    """What shares the Site with REST: the WebSocket at /stream, the browser client at /app/."""
 
-    async def test_plainGet(self) -> None:
+    async def test_stream(self) -> None:
         await self.asyncSetUp()
         response = await self.client.get("/stream")
         self.assertEqual(response.code, 426)
         self.assertEqual(response.json()["error"], "upgrade-required")
+
+    async def test_webClient(self) -> None:
+        await self.asyncSetUp()
+        response = await self.client.get("/")
+        self.assertEqual(response.code, 302)
+        self.assertEqual(response.header("location"), "app/")
+        response = await self.client.get("/app/")
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.header("content-type").startswith("text/html"))
+        self.assertIn(b"<html", response.body.lower())
+        # REST is untouched next to it
+        self.assertError(await self.client.get("/users/app"), 404, "item-not-found")
 
 
 @implementer(IBodyProducer)

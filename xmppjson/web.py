@@ -4,8 +4,10 @@ The HTTP side of xmppjson: one L{twisted.web.server.Site} on C{--web} serving th
 
 Resource tree::
 
-    /               WebRoot: every path not mounted below is REST (RestResource routes it)
+    /               a redirect to app/ (the browser client)
+    /app/           the browser client's files (L{xmppjson.webclient})
     /stream         the WebSocket resource, from _streamResource()
+    everything else REST: WebRoot hands it to RestResource, which routes on the full path
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from twisted.web import http, resource, server
 from twisted.web.iweb import IAccessLogFormatter
 from zope.interface import provider
 
+from xmppjson import webclient
 from xmppjson.accounts import Accounts
 from xmppjson.config import Config
 from xmppjson.rest import BoundedRequest, RestResource
@@ -25,8 +28,9 @@ from xmppjson.rest import BoundedRequest, RestResource
 
 class WebRoot(resource.Resource):
     """
-    The root of the Site.  Children mounted with C{putChild} (C{b"stream"}) take their paths;
-    every other path, C{/} included, goes to the REST resource, which routes on the full path.
+    The root of the Site.  Children mounted with C{putChild} (C{b"stream"}, C{b"app"}, C{b""}
+    for C{/}) take their paths; every other path goes to the REST resource, which routes on the
+    full path.
     """
 
     def __init__(self, rest: RestResource):
@@ -83,11 +87,14 @@ class XmppJsonSite(server.Site):
 
 def makeRoot(config: Config, accounts: Accounts, im: Any, reactor: Any) -> WebRoot:
     """
-    The resource tree: REST at the root, the WebSocket resource at C{/stream}.  Tests can serve
-    it with C{treq.testing.StubTreq}.
+    The resource tree: REST at the root, the WebSocket resource at C{/stream}, the browser
+    client at C{/app/} with C{/} redirecting to it.  Tests can serve it with
+    C{treq.testing.StubTreq}.
     """
     root = WebRoot(RestResource(config, accounts, im, reactor))
     root.putChild(b"stream", _streamResource(config, accounts, im, reactor))
+    root.putChild(webclient.MOUNT, webclient.staticResource())
+    root.putChild(b"", webclient.rootRedirect())
     return root
 
 
