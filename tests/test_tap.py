@@ -173,3 +173,40 @@ class MakeServiceTests(unittest.TestCase):
         self.assertIsInstance(site.resource.rest, RestResource)
         self.assertIn(b"stream", site.resource.children)
         self.assertEqual(site.maxBody, 64 * 1024)
+
+
+class LimitOptionsTests(unittest.TestCase):
+    """The limit options reach the Config, and bad values are UsageErrors."""
+
+    def parse(self, *argv: str) -> tap.Options:
+        options = tap.Options(reactor=MemoryReactorClock())
+        options.parseOptions(list(argv))
+        return options
+
+    def test_limitsReachConfig(self) -> None:
+        config = self.parse(
+            "--stanza-rate", "0", "--stanza-burst", "10", "--max-connections-per-address", "5",
+            "--handshake-timeout", "30", "--idle-timeout", "600", "--max-stanza-size-preauth", "4096",
+            "--allowed-origin", "https://a.example", "--allowed-origin", "https://b.example",
+        ).toConfig()
+        self.assertEqual(config.stanzaRate, 0)
+        self.assertEqual(config.stanzaBurst, 10)
+        self.assertEqual(config.maxConnectionsPerAddress, 5)
+        self.assertEqual((config.handshakeTimeout, config.idleTimeout), (30, 600))
+        self.assertEqual(config.maxStanzaSizePreAuth, 4096)
+        self.assertEqual(config.allowedOrigins, ("https://a.example", "https://b.example"))
+
+    def test_defaults(self) -> None:
+        config = self.parse().toConfig()
+        self.assertEqual((config.stanzaRate, config.stanzaBurst), (50, 200))
+        self.assertEqual(config.allowedOrigins, ())
+
+    def test_badLimits(self) -> None:
+        for argv, words in [
+            (["--stanza-rate", "-1"], "0 or more"),
+            (["--stanza-rate", "fast"], "must be a number"),
+            (["--scram-iterations", "1000"], "at least 4096"),
+        ]:
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse(*argv)
+            self.assertIn(words, str(caught.exception))

@@ -33,6 +33,30 @@ def _positiveInt(name: str) -> Callable[[str], int]:
     return convert
 
 
+def _nonNegative(name: str, kind: Callable[[str], Any] = float) -> Callable[[str], Any]:
+    """A coercer for C{--name}: a number that is 0 (meaning off) or more."""
+
+    def convert(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number, not {value!r}")
+        if number < 0:
+            raise usage.UsageError(f"--{name} must be 0 or more, not {value!r}")
+        return number
+
+    return convert
+
+
+def _iterations(value: str) -> int:
+    number = _positiveInt("scram-iterations")(value)
+    if number < 4096:
+        # RFC 5802 and RFC 7677 ask for at least 4096; clients (slixmpp/scramp among them)
+        # refuse to log in against fewer.
+        raise usage.UsageError(f"--scram-iterations must be at least 4096, not {value!r}")
+    return number
+
+
 class Options(usage.Options):
     """
     Command-line options of C{twistd xmppjson}.  Every listener is a Twisted endpoint string.
@@ -59,8 +83,8 @@ class Options(usage.Options):
         ["tls-key", None, None, "PEM private key for --tls-cert."],
         ["registration", None, "open", "Account registration: open or closed."],
         ["token-ttl", None, 24 * 3600, "Lifetime of login tokens, in seconds.", _positiveInt("token-ttl")],
-        ["scram-iterations", None, 4096, "PBKDF2 iterations for new password keys.",
-         _positiveInt("scram-iterations")],
+        ["scram-iterations", None, 4096, "PBKDF2 iterations for new password keys (4096 or more).",
+         _iterations],
         ["max-stanza-size", None, 256 * 1024, "Largest XML stanza, in bytes.",
          _positiveInt("max-stanza-size")],
         ["max-frame-size", None, 256 * 1024, "Largest WebSocket frame, in bytes.",
@@ -69,7 +93,25 @@ class Options(usage.Options):
          _positiveInt("max-sessions-per-user")],
         ["max-http-body", None, 64 * 1024, "Largest REST request body, in bytes.",
          _positiveInt("max-http-body")],
+        ["max-stanza-size-preauth", None, 16 * 1024,
+         "Largest XML stanza before authentication, in bytes.", _positiveInt("max-stanza-size-preauth")],
+        ["stanza-rate", None, 50.0,
+         "Stanzas (or frames) per second one session may send before it is slowed down; 0: no limit.",
+         _nonNegative("stanza-rate")],
+        ["stanza-burst", None, 200.0, "How many stanzas a session may send at once above --stanza-rate.",
+         _nonNegative("stanza-burst")],
+        ["max-connections-per-address", None, 0,
+         "Open connections one IP address may hold, per door; 0: no limit.",
+         _nonNegative("max-connections-per-address", int)],
+        ["handshake-timeout", None, 60.0, "Seconds a new connection has to log in.",
+         _nonNegative("handshake-timeout")],
+        ["idle-timeout", None, 0.0, "Seconds of silence before an XMPP stream is closed; 0: never.",
+         _nonNegative("idle-timeout")],
     ]
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """Accept WebSocket connections only from this Origin (repeatable; default: any)."""
+        self.setdefault("allowed-origins", []).append(origin)
 
     def __init__(self, reactor: Any = None):
         """
@@ -128,6 +170,13 @@ class Options(usage.Options):
             maxFrameSize=self["max-frame-size"],
             maxSessionsPerUser=self["max-sessions-per-user"],
             maxHTTPBody=self["max-http-body"],
+            maxStanzaSizePreAuth=self["max-stanza-size-preauth"],
+            stanzaRate=self["stanza-rate"],
+            stanzaBurst=self["stanza-burst"],
+            maxConnectionsPerAddress=self["max-connections-per-address"],
+            handshakeTimeout=self["handshake-timeout"],
+            idleTimeout=self["idle-timeout"],
+            allowedOrigins=tuple(self.get("allowed-origins", ())),
         )
 
 
