@@ -358,3 +358,25 @@ class LimitTests(unittest.TestCase):
         await web.until(lambda: len(web.im.router) == 1)
         third = await web.connect("szymon")
         self.assertEqual(third.frames[0]["type"], "session")
+
+
+class RestViewTranscriptTests(unittest.TestCase):
+    @_d
+    async def test_loginResponseShowsLivePresence(self):
+        """alicja (JSON) goes away with a status; REST /login shows it; she leaves; REST shows it."""
+        from tests.helpers import RestClient
+
+        web = await WebFixture(self).start("alicja")
+        rest = RestClient(web.site.resource)
+        alicja = await web.connect("alicja", presence={"show": "away", "status": "na obiedzie"})
+        web.clock.advance(2)  # the coalesced last-presence write
+        await web.im.presence.lastSeen.flush()
+        response = await rest.post("/login", json={"jid": "alicja", "password": "secret123"})
+        body = response.json()
+        self.assertEqual((body["presence"], body["status"]), ("away", "na obiedzie"))
+        self.assertIsNotNone(body["last_seen"])
+        alicja.transport.loseConnection()
+        await web.until(lambda: len(web.im.router) == 0)
+        await web.im.presence.lastSeen.flush()
+        body = (await rest.post("/login", json={"jid": "alicja", "password": "secret123"})).json()
+        self.assertEqual(body["presence"], "unavailable")
