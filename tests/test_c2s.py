@@ -240,9 +240,11 @@ class C2SFixture:
         wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
         return await wire.waitFor("success", NS_SASL)
 
-    async def login(self, user: str = "juliet", resource: str | None = "balcony") -> Wire:
+    async def login(
+        self, user: str = "juliet", resource: str | None = "balcony", host: str = "127.0.0.1"
+    ) -> Wire:
         """A bound session over PLAIN (the fixture must allow plaintext)."""
-        wire, _ = self.open()
+        wire, _ = self.open(host)
         await self.plainLogin(wire, user)
         wire.restart()
         wire.send(HEADER.format(to=DOMAIN))
@@ -847,7 +849,7 @@ class StanzaGateTests(unittest.TestCase):
     async def test_unknownTopLevelElement(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
         wire = await fx.login()
-        wire.send("<enable xmlns='urn:xmpp:sm:3'/>")
+        wire.send("<frobnicate xmlns='urn:example:unknown'/>")
         self.assertEqual(wire.streamError(), "unsupported-stanza-type")
 
 
@@ -1414,3 +1416,890 @@ class FuzzTests(unittest.TestCase):
         if wire.closed:
             self.assertTrue(output.endswith(b"</stream:stream>"), output)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+# -- XEP-0198 stream management -----------------------------------------------------------
+
+NS_SM = "urn:xmpp:sm:3"
+NS_CSI = "urn:xmpp:csi:0"
+NS_REGISTER = "jabber:iq:register"
+NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+
+
+def chat(to: str, body: str, ident: str = "m") -> str:
+    return f"<message to='{to}' type='chat' id='{ident}'><body>{body}</body></message>"
+
+
+def bodies(elements: list[domish.Element]) -> list[str]:
+    """The bodies of the messages among C{elements}, in order."""
+    found = []
+    for element in elements:
+        if element.name == "message":
+            for body in element.elements(NS_CLIENT, "body"):
+                found.append(str(body))
+    return found
+
+
+def named(elements: list[domish.Element], uri: str, name: str) -> list[domish.Element]:
+    return [e for e in elements if (e.uri, e.name) == (uri, name)]
+
+
+def enableSM(wire: Wire, resume: bool = True, extra: str = "") -> domish.Element:
+    wire.send(f"<enable xmlns='{NS_SM}'{' resume=' + chr(39) + 'true' + chr(39) if resume else ''}{extra}/>")
+    elements = wire.take()
+    assert len(elements) == 1, [e.toXml() for e in elements]
+    return elements[0]
+
+
+async def resumeOn(
+    fx: C2SFixture, user: str, previd: str, h: int, host: str = "127.0.0.1"
+) -> tuple[Wire, list[domish.Element]]:
+    """Log C{user} in on a new connection and resume C{previd} instead of binding."""
+    wire, _ = fx.open(host)
+    await fx.plainLogin(wire, user)
+    wire.restart()
+    wire.send(HEADER.format(to=DOMAIN))
+    wire.take()
+    wire.send(f"<resume xmlns='{NS_SM}' previd='{previd}' h='{h}'/>")
+    return wire, wire.take()
+
+
+class StreamManagementTests(unittest.TestCase):
+    """XEP-0198: acks, the unacknowledged queue, detaching, resumption and its expiry."""
+
+    async def pair(self, **config: Any) -> tuple[C2SFixture, Wire, Wire]:
+        fx = await C2SFixture(self, allowPlaintext=True, **config).start("juliet", "romeo")
+        juliet = await fx.login("juliet", "balcony")
+        romeo = await fx.login("romeo", "garden")
+        return fx, juliet, romeo
+
+    async def test_featuresAfterAuthentication(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        features = wire.take()[0]
+        names = [(c.uri, c.name) for c in features.elements()]
+        self.assertEqual(
+            names,
+            [
+                (NS_BIND, "bind"),
+                (NS_SESSION, "session"),
+                ("urn:xmpp:features:rosterver", "ver"),
+                ("urn:xmpp:features:pre-approval", "sub"),
+                (NS_SM, "sm"),
+                (NS_CSI, "csi"),
+            ],
+        )
+
+    async def test_enable(self) -> None:
+        fx, juliet, _ = await self.pair()
+        enabled = enableSM(juliet)
+        self.assertEqual((enabled.uri, enabled.name), (NS_SM, "enabled"))
+        self.assertEqual(enabled["resume"], "true")
+        self.assertEqual(enabled["max"], "300")
+        self.assertGreaterEqual(len(enabled["id"]), 20)
+        self.assertIs(fx.factory.smSessions[enabled["id"]], juliet.protocol.session)
+
+    async def test_enableClientMax(self) -> None:
+        _, juliet, _ = await self.pair()
+        enabled = enableSM(juliet, extra=" max='60'")
+        self.assertEqual(enabled["max"], "60")
+
+    async def test_enableWithoutResumption(self) -> None:
+        fx, juliet, _ = await self.pair()
+        enabled = enableSM(juliet, resume=False)
+        self.assertEqual(enabled.name, "enabled")
+        self.assertIsNone(enabled.getAttribute("id"))
+        self.assertEqual(fx.factory.smSessions, {})
+
+    async def test_resumptionDisabledByConfig(self) -> None:
+        fx, juliet, _ = await self.pair(smResumeTimeout=0)
+        enabled = enableSM(juliet)
+        self.assertIsNone(enabled.getAttribute("resume"))
+        self.assertEqual(fx.factory.smSessions, {})
+
+    async def test_enableTwiceOrBeforeBind(self) -> None:
+        fx, juliet, _ = await self.pair()
+        enableSM(juliet)
+        juliet.send(f"<enable xmlns='{NS_SM}'/>")
+        failed = juliet.take()[0]
+        self.assertEqual((failed.name, [c.name for c in failed.elements()]),
+                         ("failed", ["unexpected-request"]))
+        wire, _ = fx.open()
+        await fx.plainLogin(wire)
+        wire.restart()
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        wire.send(f"<enable xmlns='{NS_SM}'/>")
+        self.assertEqual(wire.take()[0].name, "failed")
+        self.assertFalse(wire.closed)
+
+    async def test_ackRequestedByClient(self) -> None:
+        """<r/> is answered with the number of stanzas handled since <enable/>."""
+        _, juliet, _ = await self.pair()
+        juliet.send("<presence/>")  # before enabling: not counted
+        enableSM(juliet)
+        juliet.send("<presence><show>away</show></presence>")
+        juliet.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        juliet.send("<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+        juliet.take()
+        juliet.send(f"<r xmlns='{NS_SM}'/>")
+        ack = named(juliet.take(), NS_SM, "a")
+        self.assertEqual([a["h"] for a in ack], ["3"])
+
+    async def test_serverRequestsAcks(self) -> None:
+        """The server asks for an ack after five stanzas, once per round trip, and when idle."""
+        fx, juliet, romeo = await self.pair()
+        enableSM(juliet)
+        session = juliet.protocol.session
+        for n in range(4):
+            romeo.send(chat("juliet@localhost/balcony", f"m{n}"))
+        self.assertEqual(named(juliet.take(), NS_SM, "r"), [])
+        romeo.send(chat("juliet@localhost/balcony", "m4"))
+        self.assertEqual(len(named(juliet.take(), NS_SM, "r")), 1)
+        # Outstanding: no second request however much follows.
+        for n in range(5, 12):
+            romeo.send(chat("juliet@localhost/balcony", f"m{n}"))
+        self.assertEqual(named(juliet.take(), NS_SM, "r"), [])
+        self.assertEqual(len(session.sm.unacked), 12)
+        juliet.send(f"<a xmlns='{NS_SM}' h='10'/>")
+        self.assertEqual(bodies(list(session.sm.unacked)), ["m10", "m11"])
+        # Two stanzas unacknowledged and no traffic: asked again after 30 s.
+        fx.clock.advance(31)
+        self.assertEqual(len(named(juliet.take(), NS_SM, "r")), 1)
+        juliet.send(f"<a xmlns='{NS_SM}' h='12'/>")
+        self.assertEqual(len(session.sm.unacked), 0)
+
+    async def test_doorRepliesAreCounted(self) -> None:
+        """Stanzas the door answers itself (legacy session, second bind) count like any."""
+        _, juliet, _ = await self.pair()
+        enableSM(juliet)
+        juliet.send("<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+        juliet.send(f"<iq type='set' id='b2'><bind xmlns='{NS_BIND}'/></iq>")
+        self.assertEqual(len(juliet.take()), 2)
+        self.assertEqual(len(juliet.protocol.session.sm.unacked), 2)
+
+    async def test_ackTooHigh(self) -> None:
+        _, juliet, romeo = await self.pair()
+        enableSM(juliet)
+        romeo.send(chat("juliet@localhost/balcony", "one"))
+        juliet.take()
+        juliet.send(f"<a xmlns='{NS_SM}' h='2'/>")
+        errors = named(juliet.take(), NS_STREAMS, "error")
+        self.assertEqual(len(errors), 1)
+        conditions = {(c.uri, c.name) for c in errors[0].elements()}
+        self.assertIn((NS_XMPP_STREAMS, "undefined-condition"), conditions)
+        self.assertIn((NS_SM, "handled-count-too-high"), conditions)
+
+    async def test_badAck(self) -> None:
+        _, juliet, _ = await self.pair()
+        enableSM(juliet)
+        juliet.send(f"<a xmlns='{NS_SM}' h='-1'/>")
+        self.assertEqual(juliet.streamError(), "bad-format")
+
+    async def test_requestWithoutSM(self) -> None:
+        _, juliet, _ = await self.pair()
+        juliet.send(f"<r xmlns='{NS_SM}'/>")
+        self.assertEqual(juliet.streamError(), "unsupported-stanza-type")
+
+    async def test_detachKeepsTheSessionAndQueues(self) -> None:
+        fx, juliet, romeo = await self.pair()
+        enableSM(juliet)
+        session = juliet.protocol.session
+        closed: list[Any] = []
+        original = fx.im.closeSession
+        fx.im.closeSession = lambda s: (closed.append(s), original(s))  # type: ignore[method-assign]
+        juliet.send("<presence/>")
+        romeo.send(chat("juliet@localhost/balcony", "before"))
+        juliet.lose()
+        # Still registered and active: the core routes to it, nobody is told it left.
+        self.assertIs(fx.im.router.session("juliet@localhost", "balcony"), session)
+        self.assertTrue(session.active)
+        self.assertEqual(closed, [])
+        romeo.send(chat("juliet@localhost/balcony", "while away"))
+        romeo.send(chat("juliet@localhost", "to the bare JID"))
+        self.assertEqual(romeo.take(), [])  # no errors bounced
+        self.assertEqual(
+            bodies(list(session.sm.unacked)), ["before", "while away", "to the bare JID"]
+        )
+
+    async def test_resume(self) -> None:
+        fx, juliet, romeo = await self.pair()
+        previd = enableSM(juliet)["id"]
+        session = juliet.protocol.session
+        juliet.send("<presence/>")
+        romeo.send(chat("juliet@localhost/balcony", "one"))
+        romeo.send(chat("juliet@localhost/balcony", "two"))
+        self.assertEqual(bodies(juliet.take()), ["one", "two"])
+        juliet.lose()
+        romeo.send(chat("juliet@localhost/balcony", "three"))
+        # The client got "one" (h=1) but not "two".
+        wire, answer = await resumeOn(fx, "juliet", previd, 1)
+        resumed = answer[0]
+        self.assertEqual((resumed.uri, resumed.name), (NS_SM, "resumed"))
+        self.assertEqual((resumed["previd"], resumed["h"]), (previd, "1"))
+        self.assertEqual(bodies(answer[1:]), ["two", "three"])
+        self.assertEqual(len(named(answer, NS_SM, "r")), 1)
+        # The same session object, now on the new stream, for both directions.
+        self.assertIs(wire.protocol.session, session)
+        self.assertIs(session.stream, wire.protocol)
+        self.assertIs(fx.im.router.session("juliet@localhost", "balcony"), session)
+        romeo.send(chat("juliet@localhost/balcony", "four"))
+        self.assertEqual(bodies(wire.take()), ["four"])
+        wire.send(chat("romeo@localhost/garden", "back"))
+        self.assertEqual(bodies(romeo.take()), ["back"])
+        wire.send(f"<r xmlns='{NS_SM}'/>")
+        self.assertEqual([a["h"] for a in named(wire.take(), NS_SM, "a")], ["2"])
+        # And it may be resumed again with the same id.
+        wire.lose()
+        _again, answer = await resumeOn(fx, "juliet", previd, 4)
+        self.assertEqual(answer[0].name, "resumed")
+        self.assertEqual(bodies(answer), [])
+
+    async def test_resumeWhileTheOldStreamIsOpen(self) -> None:
+        """The client saw the connection die before the server did: the new stream wins."""
+        fx, juliet, romeo = await self.pair()
+        previd = enableSM(juliet)["id"]
+        romeo.send(chat("juliet@localhost/balcony", "one"))
+        juliet.take()
+        wire, answer = await resumeOn(fx, "juliet", previd, 0)
+        self.assertEqual(answer[0].name, "resumed")
+        self.assertEqual(bodies(answer), ["one"])
+        self.assertEqual(juliet.streamError(), "conflict")
+        self.assertTrue(juliet.closed)
+        juliet.lose()
+        # The old connection going away does not end the session it no longer holds.
+        self.assertTrue(wire.protocol.session.active)
+        romeo.send(chat("juliet@localhost/balcony", "two"))
+        self.assertEqual(bodies(wire.take()), ["two"])
+
+    async def test_resumeUnknownId(self) -> None:
+        fx, _juliet, _ = await self.pair()
+        wire, answer = await resumeOn(fx, "juliet", "nonsense", 0)
+        self.assertEqual(
+            (answer[0].name, [c.name for c in answer[0].elements()]),
+            ("failed", ["item-not-found"]),
+        )
+        # The stream carries on: the client binds instead.
+        wire.send(f"<iq type='set' id='b1'><bind xmlns='{NS_BIND}'/></iq>")
+        self.assertEqual((await wire.waitFor("iq"))["type"], "result")
+
+    async def test_resumeSomeoneElsesSession(self) -> None:
+        fx, juliet, _ = await self.pair()
+        previd = enableSM(juliet)["id"]
+        juliet.lose()
+        _, answer = await resumeOn(fx, "romeo", previd, 0)
+        self.assertEqual([c.name for c in answer[0].elements()], ["item-not-found"])
+        self.assertTrue(juliet.protocol.session.sm.detached)
+
+    async def test_resumeBeforeAuthentication(self) -> None:
+        fx, juliet, _ = await self.pair()
+        previd = enableSM(juliet)["id"]
+        wire, _ = fx.open()
+        wire.send(f"<resume xmlns='{NS_SM}' previd='{previd}' h='0'/>")
+        self.assertEqual([c.name for c in wire.take()[0].elements()], ["unexpected-request"])
+
+    async def test_resumeWithTooHighCount(self) -> None:
+        fx, juliet, _ = await self.pair()
+        previd = enableSM(juliet)["id"]
+        juliet.lose()
+        _wire, answer = await resumeOn(fx, "juliet", previd, 5)
+        errors = named(answer, NS_STREAMS, "error")
+        self.assertIn("handled-count-too-high", [c.name for c in errors[0].elements()])
+        self.assertTrue(juliet.protocol.session.sm.detached)
+
+    async def test_expiry(self) -> None:
+        """Not resumed in time: the session ends, and what it never got is stored offline."""
+        fx, juliet, romeo = await self.pair()
+        previd = enableSM(juliet)["id"]
+        session = juliet.protocol.session
+        closed: list[Any] = []
+        original = fx.im.closeSession
+        fx.im.closeSession = lambda s: (closed.append(s), original(s))  # type: ignore[method-assign]
+        romeo.send(chat("juliet@localhost/balcony", "unacked", "u1"))
+        juliet.lose()
+        romeo.send(chat("juliet@localhost/balcony", "queued", "q1"))
+        fx.clock.advance(299)
+        self.assertEqual(closed, [])
+        fx.clock.advance(2)
+        self.assertEqual(closed, [session])
+        self.assertFalse(session.active)
+        self.assertIsNone(fx.im.router.session("juliet@localhost", "balcony"))
+        self.assertNotIn(previd, fx.factory.smSessions)
+        _, answer = await resumeOn(fx, "juliet", previd, 0)
+        self.assertEqual([c.name for c in answer[0].elements()], ["item-not-found"])
+        # Offline storage: the next session of juliet gets both, with their ids.
+        back = await fx.login("juliet", "tower")
+        back.send("<presence/>")
+        received: list[domish.Element] = []
+
+        def got() -> bool:
+            received.extend(m for m in back.take() if m.name == "message")
+            return len(received) >= 2
+
+        await waitUntil(got)
+        self.assertEqual(sorted(bodies(received)), ["queued", "unacked"])
+        self.assertEqual(sorted(m["id"] for m in received), ["q1", "u1"])
+
+    async def test_serverCloseEndsTheSession(self) -> None:
+        """A stream the server closes is never resumed; unacked messages go back to the core."""
+        fx, juliet, romeo = await self.pair()
+        previd = enableSM(juliet)["id"]
+        session = juliet.protocol.session
+        handedBack: list[domish.Element] = []
+        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        romeo.send(chat("juliet@localhost/balcony", "unacked"))
+        session.close("system-shutdown")
+        self.assertEqual(juliet.streamError(), "system-shutdown")
+        self.assertFalse(session.active)
+        self.assertEqual(bodies(handedBack), ["unacked"])
+        self.assertNotIn(previd, fx.factory.smSessions)
+        juliet.lose()
+        self.assertEqual(len(handedBack), 1)
+
+    async def test_clientCloseEndsTheSession(self) -> None:
+        fx, juliet, _ = await self.pair()
+        previd = enableSM(juliet)["id"]
+        juliet.send("</stream:stream>")
+        juliet.lose()
+        self.assertFalse(juliet.protocol.session.active)
+        self.assertNotIn(previd, fx.factory.smSessions)
+
+    async def test_withoutResumptionLossEndsTheSession(self) -> None:
+        fx, juliet, romeo = await self.pair()
+        enableSM(juliet, resume=False)
+        handedBack: list[domish.Element] = []
+        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        romeo.send(chat("juliet@localhost/balcony", "unacked"))
+        juliet.lose()
+        self.assertFalse(juliet.protocol.session.active)
+        self.assertEqual(bodies(handedBack), ["unacked"])
+
+    async def test_conflictWhileDetached(self) -> None:
+        """A new login with the same resource replaces the detached session and gets its queue."""
+        fx, juliet, romeo = await self.pair()
+        enableSM(juliet)
+        old = juliet.protocol.session
+        juliet.lose()
+        romeo.send(chat("juliet@localhost/balcony", "queued"))
+        new = await fx.login("juliet", "balcony")
+        self.assertFalse(old.active)
+        self.assertFalse(old.sm is not None and old.sm.detached)
+        # Handed back to the core, which routes it to the bare JID: stored until the new
+        # session is available.
+        new.send("<presence/>")
+        message = await new.waitFor("message")
+        self.assertEqual(bodies([message]), ["queued"])
+
+    async def test_shutdownWhileDetached(self) -> None:
+        fx, juliet, romeo = await self.pair()
+        enableSM(juliet)
+        handedBack: list[domish.Element] = []
+        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        juliet.lose()
+        romeo.send(chat("juliet@localhost/balcony", "queued"))
+        await fx.im.shutdown()
+        self.assertEqual(bodies(handedBack), ["queued"])
+
+    async def test_tooManyUnacked(self) -> None:
+        from xmppjson.c2s import sm
+
+        self.patch(sm, "MAX_UNACKED", 10)
+        fx, juliet, romeo = await self.pair()
+        enableSM(juliet)
+        handedBack: list[domish.Element] = []
+        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        for n in range(11):
+            romeo.send(chat("juliet@localhost/balcony", f"m{n}"))
+        fx.clock.advance(0)
+        self.assertEqual(juliet.streamError(), "policy-violation")
+        self.assertEqual(len(handedBack), 11)
+
+    async def test_tooManyQueuedWhileDetached(self) -> None:
+        from xmppjson.c2s import sm
+
+        self.patch(sm, "MAX_UNACKED", 10)
+        fx, juliet, romeo = await self.pair()
+        enableSM(juliet)
+        session = juliet.protocol.session
+        handedBack: list[domish.Element] = []
+        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        juliet.lose()
+        for n in range(11):
+            romeo.send(chat("juliet@localhost/balcony", f"m{n}"))
+        fx.clock.advance(0)
+        self.assertFalse(session.active)
+        self.assertEqual(len(handedBack), 11)
+
+    async def test_notEnabledCostsNothing(self) -> None:
+        """Without <enable/>, nothing is kept: a delivered stanza is written and forgotten."""
+        _, juliet, romeo = await self.pair()
+        romeo.send(chat("juliet@localhost/balcony", "hi"))
+        self.assertIsNone(juliet.protocol.session.sm)
+        self.assertIsNone(juliet.protocol._sm)
+        juliet.lose()
+        self.assertFalse(juliet.protocol.session.active)
+
+
+# -- XEP-0352 client state indication -----------------------------------------------------
+
+
+def stanza(xml: str) -> domish.Element:
+    return parseStanza(xml)
+
+
+class CSIBufferTests(unittest.TestCase):
+    """The holding policy, on its own."""
+
+    def setUp(self) -> None:
+        from xmppjson.c2s.csi import CSIBuffer
+
+        self.buffer = CSIBuffer()
+
+    def test_latestPresencePerSender(self) -> None:
+        for xml in (
+            "<presence from='a@x/1'><show>away</show></presence>",
+            "<presence from='b@x/1'/>",
+            "<presence from='a@x/1'><show>dnd</show></presence>",
+            "<presence from='a@x/2' type='unavailable'/>",
+        ):
+            self.assertTrue(self.buffer.hold(stanza(xml)))
+        released = self.buffer.release()
+        self.assertEqual(
+            [(p["from"], p.getAttribute("type"), str(next(p.elements(NS_CLIENT, "show"), "")))
+             for p in released],
+            [("b@x/1", None, ""), ("a@x/1", None, "dnd"), ("a@x/2", "unavailable", "")],
+        )
+        self.assertEqual(len(self.buffer), 0)
+
+    def test_latestChatStatePerSender(self) -> None:
+        composing = f"<message from='a@x/1' type='chat'><composing xmlns='{NS_CHATSTATES}'/></message>"
+        paused = (
+            f"<message from='a@x/2' type='chat'><paused xmlns='{NS_CHATSTATES}'/>"
+            "<stanza-id xmlns='urn:xmpp:sid:0' by='me@x' id='1'/></message>"
+        )
+        self.assertTrue(self.buffer.hold(stanza(composing)))
+        self.assertTrue(self.buffer.hold(stanza(paused)))
+        released = self.buffer.release()
+        self.assertEqual([m["from"] for m in released], ["a@x/2"])
+
+    def test_bodyDropsTheSendersChatStates(self) -> None:
+        self.buffer.hold(stanza(
+            f"<message from='a@x/1'><composing xmlns='{NS_CHATSTATES}'/></message>"))
+        self.buffer.hold(stanza(
+            f"<message from='b@x/1'><composing xmlns='{NS_CHATSTATES}'/></message>"))
+        self.buffer.hold(stanza("<presence from='a@x/1'/>"))
+        body = stanza(
+            f"<message from='a@x/1'><body>hi</body><active xmlns='{NS_CHATSTATES}'/></message>")
+        self.assertFalse(self.buffer.hold(body))
+        released = self.buffer.release(body)
+        self.assertEqual([(e.name, e["from"]) for e in released],
+                         [("message", "b@x/1"), ("presence", "a@x/1")])
+
+    def test_receiptsAndMarkersHeldInOrder(self) -> None:
+        for ident in ("1", "2"):
+            self.assertTrue(self.buffer.hold(stanza(
+                f"<message from='a@x/1'><received xmlns='urn:xmpp:receipts' id='{ident}'/></message>")))
+        self.assertTrue(self.buffer.hold(stanza(
+            "<message from='a@x/1'><displayed xmlns='urn:xmpp:chat-markers:0' id='2'/></message>")))
+        self.assertEqual(len(self.buffer.release()), 3)
+
+    def test_urgent(self) -> None:
+        for xml in (
+            "<message from='a@x/1'><body>hi</body></message>",
+            "<message from='a@x/1'><subject>topic</subject></message>",
+            "<message from='a@x/1' type='error'><error type='cancel'/></message>",
+            "<message from='a@x/1'><propose xmlns='urn:xmpp:jingle-message:0' id='c'/></message>",
+            "<iq from='a@x/1' type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "<presence from='a@x' type='subscribe'/>",
+            "<presence from='a@x/1' type='error'/>",
+        ):
+            self.assertFalse(self.buffer.hold(stanza(xml)), xml)
+        self.assertEqual(len(self.buffer), 0)
+
+    def test_bounded(self) -> None:
+        from xmppjson.c2s.csi import MAX_HELD
+
+        for n in range(MAX_HELD):
+            self.assertTrue(self.buffer.hold(stanza(f"<presence from='a@x/{n}'/>")))
+        self.assertFalse(self.buffer.hold(stanza("<presence from='b@x/1'/>")))
+
+
+class ClientStateTests(unittest.TestCase):
+    """XEP-0352 on the wire."""
+
+    async def pair(self) -> tuple[C2SFixture, Wire, Wire]:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet", "romeo")
+        juliet = await fx.login("juliet", "balcony")
+        romeo = await fx.login("romeo", "garden")
+        return fx, juliet, romeo
+
+    async def test_inactiveHoldsAndBodyFlushes(self) -> None:
+        _, juliet, romeo = await self.pair()
+        juliet.send(f"<inactive xmlns='{NS_CSI}'/>")
+        to = "juliet@localhost/balcony"
+        romeo.send(f"<presence to='{to}'><show>away</show></presence>")
+        romeo.send(f"<message to='{to}' type='chat'><composing xmlns='{NS_CHATSTATES}'/></message>")
+        romeo.send(f"<presence to='{to}'><show>dnd</show></presence>")
+        self.assertEqual(juliet.take(), [])
+        romeo.send(chat(to, "hello"))
+        received = juliet.take()
+        # The latest presence, then the message; the stale "composing" is gone.
+        self.assertEqual([e.name for e in received], ["presence", "message"])
+        self.assertEqual(str(next(received[0].elements(NS_CLIENT, "show"))), "dnd")
+        self.assertEqual(bodies(received), ["hello"])
+        # Still inactive: holding goes on.
+        romeo.send(f"<presence to='{to}'/>")
+        self.assertEqual(juliet.take(), [])
+        juliet.send(f"<active xmlns='{NS_CSI}'/>")
+        self.assertEqual([e.name for e in juliet.take()], ["presence"])
+        romeo.send(f"<presence to='{to}'/>")
+        self.assertEqual([e.name for e in juliet.take()], ["presence"])
+
+    async def test_iqFlushes(self) -> None:
+        _, juliet, romeo = await self.pair()
+        juliet.send(f"<inactive xmlns='{NS_CSI}'/>")
+        romeo.send("<presence to='juliet@localhost/balcony'/>")
+        juliet.protocol.session.deliver(
+            stanza(
+                "<iq from='romeo@localhost/garden' to='juliet@localhost/balcony' type='get' "
+                "id='v1'><query xmlns='jabber:iq:version'/></iq>"
+            )
+        )
+        self.assertEqual([e.name for e in juliet.take()], ["presence", "iq"])
+
+    async def test_heldStanzasAreNotCountedUntilWritten(self) -> None:
+        _, juliet, romeo = await self.pair()
+        enableSM(juliet)
+        juliet.send(f"<inactive xmlns='{NS_CSI}'/>")
+        romeo.send("<presence to='juliet@localhost/balcony'/>")
+        session = juliet.protocol.session
+        self.assertEqual(len(session.sm.unacked), 0)
+        juliet.send(f"<active xmlns='{NS_CSI}'/>")
+        self.assertEqual(len(session.sm.unacked), 1)
+
+    async def test_heldStanzasGoBackWhenTheSessionEnds(self) -> None:
+        fx, juliet, romeo = await self.pair()
+        handedBack: list[domish.Element] = []
+        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        juliet.send(f"<inactive xmlns='{NS_CSI}'/>")
+        romeo.send("<message to='juliet@localhost/balcony'><received xmlns='urn:xmpp:receipts' id='x'/></message>")
+        juliet.lose()
+        self.assertEqual([e.name for e in handedBack], ["message"])
+
+    async def test_unknownCSIElement(self) -> None:
+        _, juliet, _ = await self.pair()
+        juliet.send(f"<sleepy xmlns='{NS_CSI}'/>")
+        self.assertEqual(juliet.streamError(), "unsupported-stanza-type")
+
+
+# -- XEP-0077 in-band registration ----------------------------------------------------------
+
+
+def registerXML(username: str | None, password: str | None, ident: str = "r1", extra: str = "") -> str:
+    fields = ""
+    if username is not None:
+        fields += f"<username>{username}</username>"
+    if password is not None:
+        fields += f"<password>{password}</password>"
+    return f"<iq type='set' id='{ident}'><query xmlns='{NS_REGISTER}'>{fields}{extra}</query></iq>"
+
+
+class RegistrationTests(unittest.TestCase):
+    """XEP-0077 before authentication, and the password change after binding."""
+
+    async def register(
+        self, fx: C2SFixture, username: str | None, password: str | None,
+        host: str = "127.0.0.1", extra: str = "",
+    ) -> domish.Element:
+        wire, _ = fx.open(host)
+        wire.send(registerXML(username, password, extra=extra))
+        return await wire.waitFor("iq")
+
+    async def test_feature(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start()
+        _, features = fx.open()
+        self.assertIn(
+            ("http://jabber.org/features/iq-register", "register"),
+            [(c.uri, c.name) for c in features.elements()],
+        )
+
+    async def test_noFeatureWhenClosed(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, registration="closed").start()
+        _, features = fx.open()
+        self.assertNotIn("register", [c.name for c in features.elements()])
+
+    async def test_form(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start()
+        wire, _ = fx.open()
+        wire.send(f"<iq type='get' id='g1'><query xmlns='{NS_REGISTER}'/></iq>")
+        reply = wire.take()[0]
+        self.assertEqual((reply["type"], reply["id"]), ("result", "g1"))
+        query = next(reply.elements(NS_REGISTER, "query"))
+        self.assertEqual([c.name for c in query.elements()], ["instructions", "username", "password"])
+
+    async def test_registerThenLogIn(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start()
+        reply = await self.register(fx, "Mercutio", "queen-mab")
+        self.assertEqual((reply["type"], reply["id"]), ("result", "r1"))
+        self.assertTrue(await fx.accounts.checkPassword("mercutio", "queen-mab"))
+        wire, _ = fx.open()
+        await fx.plainLogin(wire, "mercutio", "queen-mab")
+
+    async def test_errors(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        cases = [
+            (("juliet", "secret123"), "conflict"),
+            (("bad'name", "secret123"), "not-acceptable"),
+            (("nurse", "short"), "not-acceptable"),
+            (("nurse", None), "not-acceptable"),
+            ((None, "secret123"), "not-acceptable"),
+        ]
+        for (username, password), condition in cases:
+            reply = await self.register(fx, username, password)
+            self.assertEqual(reply["type"], "error")
+            self.assertEqual(stanzaErrorCondition(reply), condition, (username, password))
+        self.assertFalse(await fx.accounts.userExists("nurse"))
+
+    async def test_remove(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        reply = await self.register(fx, None, None, extra="<remove/>")
+        self.assertEqual(stanzaErrorCondition(reply), "not-allowed")
+
+    async def test_closed(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, registration="closed").start()
+        reply = await self.register(fx, "nurse", "secret123")
+        self.assertEqual(stanzaErrorCondition(reply), "not-allowed")
+        wire, _ = fx.open()
+        wire.send(f"<iq type='get' id='g1'><query xmlns='{NS_REGISTER}'/></iq>")
+        self.assertEqual(stanzaErrorCondition(await wire.waitFor("iq")), "not-allowed")
+
+    async def test_notBeforeRequiredTLS(self) -> None:
+        fx = await C2SFixture(self).start()
+        wire, _ = fx.open()
+        wire.send(registerXML("nurse", "secret123"))
+        reply = wire.take()[0]
+        self.assertEqual(stanzaErrorCondition(reply), "not-allowed")
+        self.assertFalse(await fx.accounts.userExists("nurse"))
+
+    async def test_otherStanzasStillNeedAuthentication(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start()
+        wire, _ = fx.open()
+        wire.send("<iq type='get' id='v'><query xmlns='jabber:iq:version'/></iq>")
+        self.assertEqual(wire.streamError(), "not-authorized")
+
+    async def test_failedAttemptsPerConnection(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire, _ = fx.open()
+        for n in range(MAX_AUTH_FAILURES):
+            wire.send(registerXML("juliet", "secret123", ident=f"r{n}"))
+            await wire.waitFor("iq")
+        self.assertEqual(wire.streamError(), "policy-violation")
+
+    async def test_throttlePerAddress(self) -> None:
+        fx = await C2SFixture(
+            self, allowPlaintext=True, registrationsPerAddress=2, registrationPeriod=600
+        ).start()
+        for name in ("a1", "a2"):
+            self.assertEqual((await self.register(fx, name, "secret123", "10.0.0.7"))["type"], "result")
+        refused = await self.register(fx, "a3", "secret123", "10.0.0.7")
+        self.assertEqual(stanzaErrorCondition(refused), "policy-violation")
+        self.assertEqual(next(refused.elements(NS_CLIENT, "error"))["type"], "wait")
+        # Other addresses, and loopback (exempt by default), are not affected.
+        self.assertEqual((await self.register(fx, "b1", "secret123", "10.0.0.8"))["type"], "result")
+        for name in ("c1", "c2", "c3"):
+            self.assertEqual((await self.register(fx, name, "secret123"))["type"], "result")
+        fx.clock.advance(601)
+        self.assertEqual((await self.register(fx, "a3", "secret123", "10.0.0.7"))["type"], "result")
+
+    async def test_throttleIPv6Prefix(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, registrationsPerAddress=1).start()
+        self.assertEqual((await self.register(fx, "v1", "secret123", "2001:db8::1"))["type"], "result")
+        refused = await self.register(fx, "v2", "secret123", "2001:db8::ffff")
+        self.assertEqual(stanzaErrorCondition(refused), "policy-violation")
+
+    async def test_concurrentRegistrationsFromOneAddress(self) -> None:
+        """Parallel connections cannot slip past the limit: one address registers in turn."""
+        fx = await C2SFixture(self, allowPlaintext=True, registrationsPerAddress=2).start()
+        wires = []
+        for n in range(4):
+            wire, _ = fx.open("10.0.0.9")
+            wire.send(registerXML(f"p{n}", "secret123"))
+            wires.append(wire)
+        replies = [await wire.waitFor("iq") for wire in wires]
+        self.assertEqual(sorted(r["type"] for r in replies), ["error", "error", "result", "result"])
+
+    async def test_changePassword(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        wire.send(f"<iq type='get' id='g'><query xmlns='{NS_REGISTER}'/></iq>")
+        form = await wire.waitFor("iq")
+        query = next(form.elements(NS_REGISTER, "query"))
+        self.assertEqual([c.name for c in query.elements()], ["registered", "username", "password"])
+        self.assertEqual(str(next(query.elements(NS_REGISTER, "username"))), "juliet")
+        wire.send(
+            f"<iq type='set' id='c1' to='localhost'><query xmlns='{NS_REGISTER}'>"
+            "<username>juliet</username><password>new-secret</password></query></iq>"
+        )
+        reply = await wire.waitFor("iq")
+        self.assertEqual((reply["type"], reply["id"]), ("result", "c1"))
+        self.assertTrue(await fx.accounts.checkPassword("juliet", "new-secret"))
+        self.assertFalse(await fx.accounts.checkPassword("juliet", "secret123"))
+
+    async def test_changePasswordErrors(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet", "romeo")
+        wire = await fx.login()
+        cases = [
+            ("<username>romeo</username><password>new-secret</password>", "not-allowed"),
+            ("<password>short</password>", "not-acceptable"),
+            ("<username>juliet</username>", "not-acceptable"),
+            ("<remove/>", "not-allowed"),
+        ]
+        for n, (payload, condition) in enumerate(cases):
+            wire.send(f"<iq type='set' id='e{n}'><query xmlns='{NS_REGISTER}'>{payload}</query></iq>")
+            reply = await wire.waitFor("iq")
+            self.assertEqual(stanzaErrorCondition(reply), condition, payload)
+        self.assertTrue(await fx.accounts.checkPassword("romeo", "secret123"))
+        self.assertTrue(await fx.accounts.checkPassword("juliet", "secret123"))
+
+
+# -- throttles --------------------------------------------------------------------------------
+
+
+class StanzaRateTests(unittest.TestCase):
+    """Over its rate a client is slowed down (its socket paused), never cut off or dropped."""
+
+    async def test_burstThenPause(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, stanzaRate=50, stanzaBurst=200).start(
+            "juliet", "romeo"
+        )
+        juliet = await fx.login("juliet", "balcony")
+        romeo = await fx.login("romeo", "garden")
+        romeo.send("".join(chat("juliet@localhost/balcony", f"m{n}") for n in range(150)))
+        self.assertEqual(romeo.transport.producerState, "producing")
+        romeo.send("".join(chat("juliet@localhost/balcony", f"m{n}") for n in range(150, 300)))
+        # Everything sent is handled; reading stops for the 100-stanza deficit (2 s).
+        self.assertEqual(len(bodies(juliet.take())), 300)
+        self.assertEqual(romeo.transport.producerState, "paused")
+        fx.clock.advance(1.9)
+        self.assertEqual(romeo.transport.producerState, "paused")
+        fx.clock.advance(0.2)
+        self.assertEqual(romeo.transport.producerState, "producing")
+        self.assertFalse(romeo.closed)
+
+    async def test_throttleAndBackpressure(self) -> None:
+        """Reading resumes only when neither the rate nor a full output buffer holds it."""
+        fx = await C2SFixture(self, allowPlaintext=True, stanzaRate=10, stanzaBurst=1).start("juliet")
+        juliet = await fx.login()
+        juliet.send("<presence/><presence/><presence/>")
+        self.assertEqual(juliet.transport.producerState, "paused")
+        juliet.protocol.pauseProducing()
+        juliet.protocol.resumeProducing()
+        self.assertEqual(juliet.transport.producerState, "paused")
+        juliet.protocol.pauseProducing()
+        fx.clock.advance(1)
+        self.assertEqual(juliet.transport.producerState, "paused")
+        juliet.protocol.resumeProducing()
+        self.assertEqual(juliet.transport.producerState, "producing")
+
+    async def test_disabled(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, stanzaRate=0).start("juliet")
+        juliet = await fx.login()
+        juliet.send("<presence/>" * 1000)
+        self.assertEqual(juliet.transport.producerState, "producing")
+
+
+class LoginThrottleTests(unittest.TestCase):
+    """Failed logins are counted per address and per account, across connections."""
+
+    async def attempt(
+        self, fx: C2SFixture, user: str, password: str, host: str
+    ) -> str:
+        """One PLAIN attempt on a new connection: C{"success"} or the failure condition."""
+        wire, _ = fx.open(host)
+        payload = base64.b64encode(f"\x00{user}\x00{password}".encode()).decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+        found: list[domish.Element] = []
+
+        def answered() -> bool:
+            found.extend(e for e in wire.take() if e.uri == NS_SASL)
+            return bool(found)
+
+        await waitUntil(answered)
+        wire.lose()
+        return "success" if found[0].name == "success" else failureCondition(found[0])
+
+    async def test_perAddress(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, authFailureLimit=3).start("juliet", "romeo")
+        for user in ("juliet", "romeo", "nobody"):
+            self.assertEqual(await self.attempt(fx, user, "wrong-one", "10.1.1.1"), "not-authorized")
+        # The right password, from that address: refused for a while.
+        self.assertEqual(
+            await self.attempt(fx, "juliet", "secret123", "10.1.1.1"), "temporary-auth-failure"
+        )
+        self.assertEqual(await self.attempt(fx, "romeo", "secret123", "10.1.1.2"), "success")
+        fx.clock.advance(61)
+        self.assertEqual(await self.attempt(fx, "juliet", "secret123", "10.1.1.1"), "success")
+
+    async def test_perAccount(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, authFailureLimit=3).start("juliet", "romeo")
+        for n in range(3):
+            self.assertEqual(
+                await self.attempt(fx, "juliet", "wrong-one", f"10.2.0.{n}"), "not-authorized"
+            )
+        self.assertEqual(
+            await self.attempt(fx, "Juliet", "secret123", "10.2.1.1"), "temporary-auth-failure"
+        )
+        self.assertEqual(await self.attempt(fx, "romeo", "secret123", "10.2.0.1"), "success")
+        fx.clock.advance(61)
+        self.assertEqual(await self.attempt(fx, "juliet", "secret123", "10.2.1.1"), "success")
+
+    async def test_successClearsTheAccount(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, authFailureLimit=3).start("juliet")
+        for n in range(2):
+            await self.attempt(fx, "juliet", "wrong-one", f"10.3.0.{n}")
+        self.assertEqual(await self.attempt(fx, "juliet", "secret123", "10.3.1.1"), "success")
+        await self.attempt(fx, "juliet", "wrong-one", "10.3.0.9")
+        self.assertEqual(await self.attempt(fx, "juliet", "secret123", "10.3.1.1"), "success")
+
+    async def test_scramAccountGate(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, authFailureLimit=2).start("juliet")
+        for n in range(2):
+            await self.attempt(fx, "juliet", "wrong-one", f"10.4.0.{n}")
+        wire, _ = fx.open("10.4.1.1")
+        client = ScramClient(["SCRAM-SHA-256"], "juliet", "secret123")
+        first = base64.b64encode(client.get_client_first().encode()).decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{first}</auth>")
+        failure = await wire.waitFor("failure", NS_SASL)
+        self.assertEqual(failureCondition(failure), "temporary-auth-failure")
+
+    async def test_disabled(self) -> None:
+        fx = await C2SFixture(self, allowPlaintext=True, authFailureLimit=0).start("juliet")
+        for _ in range(10):
+            await self.attempt(fx, "juliet", "wrong-one", "10.5.0.1")
+        self.assertEqual(await self.attempt(fx, "juliet", "secret123", "10.5.0.1"), "success")
+
+
+class ClosingSessionTests(unittest.TestCase):
+    async def test_closedStreamLeavesTheCoreAtOnce(self) -> None:
+        """
+        Between the server closing a stream and the socket going away, the session is no
+        longer routable: a message for it goes offline instead of looping back to it.
+        """
+        fx = await C2SFixture(self, allowPlaintext=True, idleTimeout=10).start("juliet", "romeo")
+        juliet = await fx.login("juliet", "balcony")
+        juliet.send("<presence/>")
+        fx.clock.advance(11)
+        romeo = await fx.login("romeo", "garden")
+        self.assertEqual(juliet.streamError(), "connection-timeout")
+        self.assertFalse(juliet.protocol.lost)
+        self.assertIsNone(fx.im.router.session("juliet@localhost", "balcony"))
+        romeo.send("<presence/>")
+        romeo.send(chat("juliet@localhost", "later"))
+        self.assertEqual([e for e in romeo.take() if e.name == "message"], [])
+        back = await fx.login("juliet", "tower")
+        back.send("<presence/>")
+        message = await back.waitFor("message")
+        self.assertEqual(bodies([message]), ["later"])

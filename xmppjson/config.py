@@ -36,6 +36,13 @@ class Config:
     maxConnectionsPerAddress: int = 0  # 0 = unlimited
     handshakeTimeout: float = 60.0
     idleTimeout: float = 0.0  # 0 = no idle timeout
+    # XMPP door (docs/xmpp.md)
+    smResumeTimeout: float = 300.0  # seconds a dropped XEP-0198 session waits; 0 = no resumption
+    authFailureLimit: int = 5  # failed logins per account and per address in authFailurePeriod; 0 = off
+    authFailurePeriod: float = 60.0  # seconds
+    registrationsPerAddress: int = 5  # in-band registrations per address in registrationPeriod; 0 = off
+    registrationPeriod: float = 600.0  # seconds
+    registrationExempt: tuple[str, ...] = ("127.0.0.1", "::1")  # addresses never throttled
     # per-session inbound rate (stanzas or frames per second, and burst); 0 disables
     stanzaRate: float = 50.0
     stanzaBurst: float = 200.0

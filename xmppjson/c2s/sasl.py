@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,17 @@ class SASLMechanism:
 
     name = ""
     log = Logger()
+    #: The (normalised) account the client tries to log in to, once the mechanism knows it:
+    #: failed attempts are counted against it.
+    account: str | None = None
+    #: Called with that account before its credentials are checked; raises L{SASLFailure}
+    #: (C{temporary-auth-failure}) to refuse an account that is being guessed at.
+    gate: Callable[[str], None] | None = None
+
+    def _admit(self, localpart: str) -> None:
+        self.account = localpart
+        if self.gate is not None:
+            self.gate(localpart)
 
     async def start(self, initial: bytes | None) -> Challenge | Success:
         """The C{<auth/>} element arrived, with its decoded initial response or C{None}."""
@@ -158,6 +170,7 @@ class PlainMechanism(SASLMechanism):
         localpart = _localpartOf(self.accounts, self.domain, authcid)
         if localpart is None:
             raise SASLFailure("not-authorized")
+        self._admit(localpart)
         try:
             ok = await self.accounts.checkPassword(localpart, password)
         except StoreUnavailable:
@@ -281,6 +294,7 @@ class ScramServerMechanism(SASLMechanism):
         localpart = _localpartOf(self.accounts, self.domain, username)
         keys: ScramKeys | None = None
         if localpart is not None:
+            self._admit(localpart)
             try:
                 keys = await self.accounts.getScramKeys(localpart, self.name)
             except StoreUnavailable:
@@ -364,9 +378,22 @@ def offeredMechanisms(secure: bool, allowPlaintext: bool) -> list[str]:
 
 
 def makeMechanism(
-    name: str, accounts: Any, domain: str, secret: bytes, iterations: int
+    name: str,
+    accounts: Any,
+    domain: str,
+    secret: bytes,
+    iterations: int,
+    gate: Callable[[str], None] | None = None,
 ) -> SASLMechanism:
-    """A fresh mechanism for one exchange.  C{name} must be one of L{offeredMechanisms}."""
+    """
+    A fresh mechanism for one exchange.  C{name} must be one of L{offeredMechanisms}.
+
+    @param gate: see L{SASLMechanism.gate}.
+    """
+    mechanism: SASLMechanism
     if name == "PLAIN":
-        return PlainMechanism(accounts, domain)
-    return ScramServerMechanism(name, accounts, domain, secret, iterations)
+        mechanism = PlainMechanism(accounts, domain)
+    else:
+        mechanism = ScramServerMechanism(name, accounts, domain, secret, iterations)
+    mechanism.gate = gate
+    return mechanism

@@ -40,9 +40,13 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from xmppjson.c2s import sasl
+from xmppjson.c2s.csi import NS_CSI, CSIBuffer
+from xmppjson.c2s.register import NS_REGISTER, Registration, addressKey
+from xmppjson.c2s.sm import MAX_SEQ, NS_SM, StreamManagement, parseCount
 from xmppjson.c2s.tls import ServerTLS, loadServerTLS
 from xmppjson.config import Config
 from xmppjson.error import asError
+from xmppjson.limits import FailureThrottle, TokenBucket
 from xmppjson.session import Session
 
 NS_CLIENT = "jabber:client"
@@ -52,6 +56,7 @@ NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 #: Failed SASL attempts tolerated on one connection; the last failure also ends the stream with
 #: C{policy-violation}, so a password cannot be guessed faster than one connection per 3 tries.
@@ -241,16 +246,19 @@ def _preparedJID(localpart: str, domain: str, resource: str) -> JID:
     return jid
 
 
-def defaultCoreFeatures() -> list[domish.Element]:
-    """
-    Stream features that announce what the IM core does, for a core without a
-    C{streamFeatures()} hook of its own: roster versioning (XEP-0237) and subscription
-    pre-approval (RFC 6121 section 3.4).  Clients only use either when it is advertised.
-    """
-    return [
-        domish.Element(("urn:xmpp:features:rosterver", "ver")),
-        domish.Element(("urn:xmpp:features:pre-approval", "sub")),
-    ]
+def _handledCountTooHigh(h: int, sent: int) -> domish.Element:
+    """The XEP-0198 application condition for an C{h} beyond what was sent."""
+    element = domish.Element((NS_SM, "handled-count-too-high"))
+    element["h"] = str(h)
+    element["send-count"] = str(sent)
+    return element
+
+
+def _smFailed(condition: str) -> domish.Element:
+    """XEP-0198 C{<failed/>} with a stanza error condition."""
+    failed = domish.Element((NS_SM, "failed"))
+    failed.addElement((NS_STANZAS, condition))
+    return failed
 
 
 class C2SSession(Session):
@@ -260,6 +268,16 @@ class C2SSession(Session):
     Deliveries that arrive before the bind result has been written (the core may deliver while
     C{openSession} runs) are held and written right after it, so a client never sees a stanza
     before it knows its own JID.
+
+    With stream management (XEP-0198) the session may outlive its stream: L{sm} counts and
+    keeps what is written, and a session whose connection dropped stays in the core, queueing,
+    until it is resumed on a new stream or L{finish}ed.  With client state indication
+    (XEP-0352) L{csi} holds back what an inactive client does not need yet.
+
+    @ivar stream: the L{C2SStream} the session currently lives on (a resumption changes it).
+    @ivar sm: the XEP-0198 state once the client enabled it, else C{None}.
+    @ivar csi: the stanzas held while the client is inactive, C{None} while it is active.
+    @ivar finished: the session has left the core (see L{finish}).
     """
 
     door = "c2s"
@@ -270,13 +288,19 @@ class C2SSession(Session):
         self.stream = stream
         self.im = stream.im
         self._held: list[domish.Element] | None = []
+        self.sm: StreamManagement | None = None
+        self.csi: CSIBuffer | None = None
+        self.finished = False
 
     def deliver(self, element: domish.Element) -> None:
         """
         Serialise C{element} and write it.  Never raises.  A stanza that can no longer be
         written (connection gone or closing) goes back to the core through
-        C{im.undeliverable}, so a message is stored offline or bounced rather than lost.
+        C{im.undeliverable}, so a message is stored offline or bounced rather than lost; with
+        stream management it is queued for a resumption instead.
         """
+        if self.csi is not None and self._csiHolds(element):
+            return
         stream = self.stream
         if stream.writable:
             try:
@@ -287,25 +311,57 @@ class C2SSession(Session):
             if stream.verbose:
                 stream.logTraffic("SEND", data)
             stream.transport.write(data)
+            sm = self.sm
+            if sm is not None:
+                sm.sent(element)
             if stream.outputPaused:
                 stream.outputBacklog(len(data))
+            return
+        sm = self.sm
+        if sm is not None and sm.detached:
+            sm.queue(element)
             return
         if self._held is not None and not stream.closing and not stream.lost:
             self._held.append(element)
             return
         self._undeliverable(element)
 
+    def _csiHolds(self, element: domish.Element) -> bool:
+        """
+        The client is inactive: hold C{element} back, or write everything held before it
+        (C{False}: the caller then writes C{element}).
+        """
+        csi = self.csi
+        assert csi is not None
+        if csi.hold(element):
+            return True
+        earlier = csi.release(element)
+        if earlier:
+            # Write them without passing the gate again (it would hold them once more).
+            self.csi = None
+            try:
+                for held in earlier:
+                    self.deliver(held)
+            finally:
+                if self.csi is None and not self.finished:
+                    self.csi = csi
+        return False
+
+    def activate(self) -> None:
+        """XEP-0352 C{<active/>}: write everything held and stop holding."""
+        csi, self.csi = self.csi, None
+        if csi is not None:
+            for held in csi.release():
+                self.deliver(held)
+
+    def deactivate(self) -> None:
+        """XEP-0352 C{<inactive/>}: hold back what the policy allows from now on."""
+        if self.csi is None:
+            self.csi = CSIBuffer()
+
     def _undeliverable(self, element: domish.Element) -> None:
-        # TODO: the core's undeliverable() decides (offline storage for messages, bounce for
-        # the rest); until every core has it, an undeliverable stanza can only be logged.
-        hook = getattr(self.im, "undeliverable", None)
-        if hook is None:
-            self.log.warn(  # noqa: G010 - twisted.logger's name for it
-                "Dropping a {name} for closed session {session}", name=element.name, session=self
-            )
-            return
         try:
-            hook(self, element)
+            self.im.undeliverable(self, element)
         except Exception:  # noqa: BLE001 - an edge Twisted calls: answer, never propagate
             self.log.failure("im.undeliverable failed for {session}", session=self)
 
@@ -315,11 +371,43 @@ class C2SSession(Session):
         for element in held or ():
             self.deliver(element)
 
+    def finish(self) -> None:
+        """
+        The session is over for good (its stream closed, or it was not resumed in time):
+        leave the core (C{im.closeSession}: unavailable presence is broadcast now), then hand
+        every stanza it never confirmed receiving back to the core (C{im.undeliverable}: the
+        core stores messages offline or routes them to another resource).  Idempotent.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        leftover: list[domish.Element] = []
+        if self.sm is not None:
+            leftover.extend(self.sm.stop())
+        csi, self.csi = self.csi, None
+        if csi is not None:
+            leftover.extend(csi.release())
+        held, self._held = self._held, None
+        if held:
+            leftover.extend(held)
+        try:
+            self.im.closeSession(self)
+        except Exception:  # noqa: BLE001 - an edge Twisted calls: answer, never propagate
+            self.log.failure("im.closeSession failed for {session}", session=self)
+        # Only now: while the session was still routable, the core would have routed them
+        # straight back here.
+        for element in leftover:
+            self._undeliverable(element)
+
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """
-        End the stream: the stream error C{condition} (if given), C{</stream:stream>}, then the
-        connection.  The core hears of it through C{closeSession} when the connection is gone.
+        End the session: the stream error C{condition} (if given), C{</stream:stream>}, then
+        the connection.  A detached session (XEP-0198) just ends.
         """
+        sm = self.sm
+        if sm is not None and sm.detached:
+            self.finish()
+            return
         self.stream.closeStream(condition, text)
 
 
@@ -405,13 +493,19 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             mechanisms = features.addElement((NS_SASL, "mechanisms"))
             for name in sasl.offeredMechanisms(xs.secure, self.config.allowPlaintext):
                 mechanisms.addElement((NS_SASL, "mechanism"), content=name)
+            register = self.factory.registration.feature()
+            if register is not None:
+                features.addChild(register)
         else:
             features.addElement((NS_BIND, "bind"))
             session = features.addElement((NS_SESSION, "session"))
             session.addElement((NS_SESSION, "optional"))
-            extra = getattr(self.im, "streamFeatures", None)
-            for feature in extra() if extra is not None else defaultCoreFeatures():
+            for feature in self.im.streamFeatures():
                 features.addChild(feature)
+            # The door's own: stream management (XEP-0198, enabled after binding, or resumed
+            # instead of binding) and client state indication (XEP-0352).
+            features.addElement((NS_SM, "sm"))
+            features.addElement((NS_CSI, "csi"))
         return features
 
     # -- elements before binding -------------------------------------------------------------
@@ -420,6 +514,9 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         """One top-level element before the resource is bound."""
         uri, name = element.uri, element.name
         xs = self.xmlstream
+        if xs.stream.elementCount > 32 and _depth(element) > MAX_DEPTH:
+            xs.closeStream("policy-violation", f"elements nested deeper than {MAX_DEPTH}")
+            return
         if uri == NS_SASL:
             if self.authenticated is not None:
                 xs.closeStream("policy-violation", "already authenticated")
@@ -436,15 +533,101 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             self._startTLS()
         elif uri == NS_CLIENT and name in _STANZAS:
             if self.authenticated is None:
-                xs.closeStream("not-authorized", "authenticate first")
+                if name != "iq" or not self._registerIQ(element):
+                    xs.closeStream("not-authorized", "authenticate first")
             elif name == "iq":
                 self._iqBeforeBind(element)
             else:
                 xs.closeStream("not-authorized", "bind a resource first")
+        elif uri == NS_SM and name in ("resume", "enable"):
+            if name == "resume" and self.authenticated is not None:
+                self._resume(element)
+            else:
+                # <enable/> comes after binding; <resume/> after authentication.
+                xs.send(_smFailed("unexpected-request"))
         elif uri == NS_STREAMS and name == "error":
             xs.peerStreamError(element)
         else:
             xs.closeStream("unsupported-stanza-type", f"unexpected <{name} xmlns='{uri}'/>")
+
+    # -- XEP-0077 in-band registration (before authentication) -------------------------------
+
+    def _registerIQ(self, iq: domish.Element) -> bool:
+        """
+        Handle C{iq} if it is an in-band registration request; C{False} if it is not one (a
+        stanza that has no business before authentication).
+        """
+        child = _iqChild(iq)
+        if child is None or child.uri != NS_REGISTER or child.name != "query":
+            return False
+        xs = self.xmlstream
+        if self.factory.tlsRequired and not xs.secure:
+            # The password would cross the network in clear; nothing but STARTTLS yet.
+            xs.send(_iqError(iq, "not-allowed", "cancel", "use STARTTLS first"))
+            return True
+        xs.runStep(self._register(iq, child))
+        return True
+
+    async def _register(self, iq: domish.Element, query: domish.Element) -> None:
+        xs = self.xmlstream
+        reply = await self.factory.registration.register(iq, query, xs.peerHost)
+        xs.send(reply)
+        if reply.getAttribute("type") == "error" and iq.getAttribute("type") == "set":
+            # Each attempt may cost a password hash: a connection gets as many failed
+            # attempts as failed logins.
+            self.authFailures += 1
+            if self.authFailures >= MAX_AUTH_FAILURES:
+                xs.closeStream("policy-violation", "too many failed registration attempts")
+
+    # -- XEP-0198 resumption (after authentication, instead of binding) --------------------
+
+    def _resume(self, element: domish.Element) -> None:
+        """
+        C{<resume previd=… h=…/>}: take over the user's session with that resumption id,
+        acknowledge what the client handled, and write again what it did not get.
+        """
+        xs = self.xmlstream
+        previd = element.getAttribute("previd") or ""
+        h = parseCount(element.getAttribute("h"))
+        if h is None:
+            xs.send(_smFailed("bad-request"))
+            return
+        session = self.factory.smSessions.get(previd)
+        sm = session.sm if session is not None else None
+        if (
+            session is None
+            or sm is None
+            or session.localpart != self.authenticated
+            or not session.active
+            or session.finished
+        ):
+            # Another user's id looks exactly like an expired one.
+            xs.send(_smFailed("item-not-found"))
+            return
+        if not sm.ack(h):
+            xs.closeStream(
+                "undefined-condition",
+                "the client acknowledged stanzas that were never sent",
+                appCondition=_handledCountTooHigh(h, sm.outbound),
+            )
+            return
+        old = session.stream
+        if old is not xs and not old.lost:
+            # The client noticed the broken connection before we did.
+            old.release()
+            old.closeStream("conflict", "the session was resumed on another connection")
+        sm.attach()
+        session.stream = xs
+        xs.session = session
+        resumed = domish.Element((NS_SM, "resumed"))
+        resumed["previd"] = previd
+        resumed["h"] = str(sm.inbound)
+        xs.send(resumed)
+        xs.bound(session)
+        for stanza in sm.unacked:
+            xs.send(stanza)
+        if sm.unacked:
+            sm.request()
 
     # -- STARTTLS (RFC 6120 section 5) -----------------------------------------------------
 
@@ -487,9 +670,15 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         name = element.getAttribute("mechanism") or ""
         self.mechanism = None
         tlsPending = self.factory.tlsRequired and not xs.secure
+        mechanism: sasl.SASLMechanism | None = None
         try:
             if tlsPending:
                 raise sasl.SASLFailure("encryption-required", "use STARTTLS first")
+            if self.factory.addressFailures.blocked(xs.addressKey):
+                raise sasl.SASLFailure(
+                    "temporary-auth-failure",
+                    "too many failed logins from your address; try again later",
+                )
             if name not in sasl.offeredMechanisms(xs.secure, self.config.allowPlaintext):
                 if name == "PLAIN":
                     raise sasl.SASLFailure("encryption-required", "PLAIN is only allowed over TLS")
@@ -502,15 +691,28 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
                 self.domain,
                 self.factory.secret,
                 self.config.scramIterations,
+                gate=self._accountGate,
             )
             self.mechanism = mechanism
             initial = self._decode(element)
             step = await mechanism.start(initial)
         except sasl.SASLFailure as failure:
             self.mechanism = None
-            self._saslFailure(failure, counts=failure.condition != "encryption-required")
+            self._saslFailure(
+                failure,
+                counts=failure.condition != "encryption-required",
+                account=mechanism.account if mechanism is not None else None,
+            )
             return
         self._saslStep(step)
+
+    def _accountGate(self, localpart: str) -> None:
+        """Called by a mechanism once it knows the account, before checking credentials."""
+        if self.factory.accountFailures.blocked(localpart):
+            raise sasl.SASLFailure(
+                "temporary-auth-failure",
+                "too many failed logins for this account; try again later",
+            )
 
     async def _response(self, element: domish.Element) -> None:
         mechanism = self.mechanism
@@ -523,7 +725,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             step = await mechanism.respond(self._decode(element) or b"")
         except sasl.SASLFailure as failure:
             self.mechanism = None
-            self._saslFailure(failure)
+            self._saslFailure(failure, account=mechanism.account)
             return
         self._saslStep(step)
 
@@ -540,13 +742,22 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if step.data is not None:
             success.addContent(base64.b64encode(step.data).decode("ascii") if step.data else "=")
         self.authenticated = step.localpart
+        self.factory.accountFailures.succeeded(step.localpart)
         # No log line here: the core logs every session it opens, with its JID, and one line
         # per login is what a busy server can afford.
         xs.send(success)
         xs.authenticatedAs(step.localpart)
 
-    def _saslFailure(self, failure: sasl.SASLFailure, counts: bool = True) -> None:
+    def _saslFailure(
+        self, failure: sasl.SASLFailure, counts: bool = True, account: str | None = None
+    ) -> None:
         xs = self.xmlstream
+        if failure.condition == "not-authorized":
+            # Wrong credentials: they count against the address and the account, beyond this
+            # connection (see C{docs/xmpp.md}, "Throttling").
+            self.factory.addressFailures.failed(xs.addressKey)
+            if account is not None:
+                self.factory.accountFailures.failed(account)
         element = domish.Element((NS_SASL, "failure"))
         element.addElement((NS_SASL, failure.condition))
         if failure.text:
@@ -660,7 +871,6 @@ class C2SStream(xmlstream.XmlStream):
         self.outputPaused = False
         self._backlog = 0
         self._queue: deque[domish.Element] = deque()
-        self._sessionClosed = False
         self._limit = factory.config.maxStanzaSizePreAuth
         self._fed = 0
         self._boundary = 0
@@ -671,6 +881,15 @@ class C2SStream(xmlstream.XmlStream):
         self._closeTimer: Any = None
         self._lastActivity = 0.0
         self._idleTimeout = factory.config.idleTimeout
+        self.addressKey = "?"
+        #: XEP-0198 state of the bound session (read per stanza, hence here).
+        self._sm: StreamManagement | None = None
+        #: The inbound rate limit, from binding on (C{None}: unlimited).
+        self._bucket: TokenBucket | None = None
+        #: Stanzas handled since the bucket was last charged.
+        self._stanzas = 0
+        self._throttled = False
+        self._throttleCall: Any = None
 
     def _callLater(self, *args: Any, **kwargs: Any) -> Any:
         # Twisted's XmlStream would use the global reactor; tests inject a Clock.
@@ -682,6 +901,7 @@ class C2SStream(xmlstream.XmlStream):
         peer = self.transport.getPeer()
         self.peerHost = str(getattr(peer, "host", peer))
         self.peer = f"{self.peerHost}:{getattr(peer, 'port', '')}"
+        self.addressKey = addressKey(self.peerHost)
         self.secure = interfaces.ISSLTransport.providedBy(self.transport)
         super().connectionMade()
         self.factory.connectionOpened(self)
@@ -714,19 +934,31 @@ class C2SStream(xmlstream.XmlStream):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
         self.writable = False
-        for name in ("_timer", "_idleTimer", "_closeTimer"):
+        for name in ("_timer", "_idleTimer", "_closeTimer", "_throttleCall"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()
             setattr(self, name, None)
         self._queue.clear()
         session = self.session
-        if session is not None and not self._sessionClosed:
-            self._sessionClosed = True
-            try:
-                self.im.closeSession(session)
-            except Exception:  # noqa: BLE001 - an edge Twisted calls: answer, never propagate
-                self.log.failure("im.closeSession failed for {session}", session=session)
+        if session is not None and session.stream is self and not session.finished:
+            sm = session.sm
+            if (
+                sm is not None
+                and sm.resumable
+                and not self.closing
+                and session.active
+                and not self.im.shuttingDown
+            ):
+                # Dropped without a closing handshake: the client may come back for it.
+                self.log.info(
+                    "{session} lost its connection; resumable for {t}s",
+                    session=session,
+                    t=sm.timeout,
+                )
+                sm.detach()
+            else:
+                session.finish()
         self.factory.connectionClosed(self)
         try:
             super().connectionLost(reason)
@@ -794,6 +1026,33 @@ class C2SStream(xmlstream.XmlStream):
             self._boundary = self._parser.CurrentByteIndex
         if self._fed - self._boundary > self._limit:
             self.closeStream("policy-violation", f"stanza larger than {self._limit} bytes")
+            return
+        if self._stanzas:
+            # Charge the rate limit once per read, not once per stanza.
+            count, self._stanzas = self._stanzas, 0
+            bucket = self._bucket
+            if bucket is not None:
+                pause = bucket.take(count)
+                if pause:
+                    self._throttle(pause)
+
+    def _throttle(self, pause: float) -> None:
+        """
+        The client sent faster than C{config.stanzaRate}: stop reading from it for C{pause}
+        seconds.  What it already sent is handled; it is slowed down, never dropped.
+        """
+        if self._throttled or self.lost or self.closing:
+            return
+        self._throttled = True
+        self.log.debug("{peer}: over the stanza rate, pausing {t:.2f}s", peer=self.peer, t=pause)
+        self.transport.pauseProducing()
+        self._throttleCall = self._callLater(pause, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttleCall = None
+        self._throttled = False
+        if not self.outputPaused and not self.lost and not self.closing:
+            self.transport.resumeProducing()
 
     def _parseFailed(self, e: Exception) -> None:
         if isinstance(e, RestrictedXML):
@@ -839,24 +1098,32 @@ class C2SStream(xmlstream.XmlStream):
     def _onStanza(self, element: domish.Element) -> None:
         """A top-level element of a bound stream: the hot path, straight to the core."""
         self._boundary = self._parser.CurrentByteIndex
+        self._stanzas += 1
         try:
             if self.stream.elementCount > 32 and _depth(element) > MAX_DEPTH:
                 self.closeStream("policy-violation", f"elements nested deeper than {MAX_DEPTH}")
                 return
-            if element.uri == NS_CLIENT:
+            uri = element.uri
+            if uri == NS_CLIENT:
                 name = element.name
                 if name == "message" or name == "presence":
+                    sm = self._sm
+                    if sm is not None:
+                        sm.inbound = (sm.inbound + 1) % MAX_SEQ
                     self.im.receive(self.session, element)
                     return
                 if name == "iq":
+                    sm = self._sm
+                    if sm is not None:
+                        sm.inbound = (sm.inbound + 1) % MAX_SEQ
                     for child in element.children:
                         if type(child) is not str:
-                            uri = getattr(child, "uri", None)
-                            if uri == NS_SESSION:
+                            childURI = getattr(child, "uri", None)
+                            if childURI == NS_SESSION:
                                 self._legacySession(element)
                                 return
-                            if uri == NS_BIND:
-                                self.send(
+                            if childURI == NS_BIND:
+                                self._reply(
                                     _iqError(
                                         element,
                                         "not-allowed",
@@ -868,15 +1135,100 @@ class C2SStream(xmlstream.XmlStream):
                             break
                     self.im.receive(self.session, element)
                     return
-            if element.uri == NS_STREAMS and element.name == "error":
+            elif uri == NS_SM:
+                self._onSM(element)
+                return
+            elif uri == NS_CSI:
+                self._onCSI(element)
+                return
+            if uri == NS_STREAMS and element.name == "error":
                 self.peerStreamError(element)
             else:
                 self.closeStream(
-                    "unsupported-stanza-type", f"unexpected <{element.name} xmlns='{element.uri}'/>"
+                    "unsupported-stanza-type", f"unexpected <{element.name} xmlns='{uri}'/>"
                 )
         except Exception:  # noqa: BLE001 - an edge Twisted calls: answer, never propagate
             self.log.failure("Handling a stanza from {session} failed", session=self.session)
             self._stanzaFailed(element)
+
+    def _reply(self, stanza: domish.Element) -> None:
+        """A stanza the door itself answers with: through the session, so XEP-0198 counts it."""
+        session = self.session
+        if session is not None and self.writable:
+            session.deliver(stanza)
+        else:
+            self.send(stanza)
+
+    # -- XEP-0198 stream management --------------------------------------------------------
+
+    def _onSM(self, element: domish.Element) -> None:
+        name = element.name
+        sm = self._sm
+        if name == "r" and sm is not None:
+            self.send(f"<a xmlns='{NS_SM}' h='{sm.inbound}'/>")
+        elif name == "a" and sm is not None:
+            h = parseCount(element.getAttribute("h"))
+            if h is None:
+                self.closeStream("bad-format", "h must be a number below 2^32")
+            elif not sm.ack(h):
+                self.closeStream(
+                    "undefined-condition",
+                    "the client acknowledged stanzas that were never sent",
+                    appCondition=_handledCountTooHigh(h, sm.outbound),
+                )
+        elif name == "enable":
+            if sm is not None:
+                self.send(_smFailed("unexpected-request"))
+            else:
+                self._enableSM(element)
+        elif name == "resume":
+            # Resumption replaces binding; this stream is bound already.
+            self.send(_smFailed("unexpected-request"))
+        else:
+            self.closeStream(
+                "unsupported-stanza-type",
+                f"<{name}/> needs stream management enabled"
+                if name in ("r", "a")
+                else f"unknown stream management element <{name}/>",
+            )
+
+    def _enableSM(self, element: domish.Element) -> None:
+        session = self.session
+        assert session is not None
+        timeout = 0.0
+        if element.getAttribute("resume") in ("true", "1"):
+            timeout = self.config.smResumeTimeout
+            wanted = parseCount(element.getAttribute("max"))
+            if wanted:
+                timeout = min(timeout, float(wanted))
+        sm = StreamManagement(session, self.reactor, self.factory.smSessions, timeout)
+        enabled = domish.Element((NS_SM, "enabled"))
+        if sm.id is not None:
+            enabled["id"] = sm.id
+            enabled["resume"] = "true"
+            enabled["max"] = str(max(1, round(timeout)))
+        # <enabled/> goes out before the first stanza it counts.
+        self.send(enabled)
+        session.sm = sm
+        self._sm = sm
+
+    def release(self) -> None:
+        """Another stream took the session over (XEP-0198 resumption): let go of it."""
+        self.session = None
+        self._sm = None
+        self.writable = False
+
+    # -- XEP-0352 client state indication --------------------------------------------------
+
+    def _onCSI(self, element: domish.Element) -> None:
+        session = self.session
+        assert session is not None
+        if element.name == "inactive":
+            session.deactivate()
+        elif element.name == "active":
+            session.activate()
+        else:
+            self.closeStream("unsupported-stanza-type", f"unknown CSI element <{element.name}/>")
 
     def _stanzaFailed(self, element: domish.Element) -> None:
         """Answer a stanza whose handling crashed with internal-server-error; the stream lives on."""
@@ -891,7 +1243,7 @@ class C2SStream(xmlstream.XmlStream):
             if element.getAttribute("to"):
                 reply["from"] = element["to"]
             reply.addChild(StanzaError("internal-server-error", "cancel").getElement())
-            self.send(reply)
+            self._reply(reply)
         except Exception:  # noqa: BLE001 - an edge Twisted calls: answer, never propagate
             self.log.failure("Cannot even report an error to {peer}", peer=self.peer)
             self.closeStream("internal-server-error")
@@ -900,9 +1252,9 @@ class C2SStream(xmlstream.XmlStream):
         # RFC 3921's session establishment is a no-op since RFC 6121, but older clients wait
         # for its result.
         if iq.getAttribute("type") == "set":
-            self.send(_iqResult(iq))
+            self._reply(_iqResult(iq))
         else:
-            self.send(_iqError(iq, "bad-request", "modify"))
+            self._reply(_iqError(iq, "bad-request", "modify"))
 
     # -- negotiation steps -----------------------------------------------------------------
 
@@ -952,6 +1304,9 @@ class C2SStream(xmlstream.XmlStream):
         self._timer = None
         self.stream.ElementEvent = self._onStanza
         self.writable = True
+        self._sm = session.sm
+        if self.config.stanzaRate > 0 and self._bucket is None:
+            self._bucket = TokenBucket(self.config.stanzaRate, self.config.stanzaBurst, self.reactor)
         if self._idleTimeout and self._idleTimeout > 0:
             self._lastActivity = self.reactor.seconds()
             self._idleTimer = self._callLater(self._idleTimeout, self._idleCheck)
@@ -974,10 +1329,10 @@ class C2SStream(xmlstream.XmlStream):
             self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        """The client caught up."""
+        """The client caught up (reading resumes unless it is over its stanza rate)."""
         self.outputPaused = False
         self._backlog = 0
-        if not self.lost and not self.closing:
+        if not self.lost and not self.closing and not self._throttled:
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -1046,10 +1401,16 @@ class C2SStream(xmlstream.XmlStream):
         )
         self.closeStream()
 
-    def closeStream(self, condition: str | None = None, text: str | None = None) -> None:
+    def closeStream(
+        self,
+        condition: str | None = None,
+        text: str | None = None,
+        appCondition: domish.Element | None = None,
+    ) -> None:
         """
         End the stream from our side: our header if the client never got one, the stream
-        error C{condition}, C{</stream:stream>}, then close the connection.  Idempotent.
+        error C{condition}, C{</stream:stream>}, then close the connection.  The session (if
+        any) ends at once: a closed stream is never resumed.  Idempotent.
         """
         if self.closing or self.lost or self.transport is None:
             return
@@ -1066,12 +1427,18 @@ class C2SStream(xmlstream.XmlStream):
             if not self._headerSent:
                 self.sendHeader()
             if condition is not None:
-                error = StreamError(condition, text).getElement()
+                error = StreamError(condition, text, appCondition=appCondition).getElement()
                 self.send(error)
             self.sendFooter()
         except Exception:  # noqa: BLE001 - an edge Twisted calls: answer, never propagate
             self.log.failure("Closing the stream of {peer} failed", peer=self.peer)
         finally:
+            session = self.session
+            if session is not None and session.stream is self and not session.finished:
+                # Leave the core now, not when the socket is finally gone (up to
+                # CLOSE_TIMEOUT later): meanwhile the core would keep routing to this session,
+                # and whatever it could not write would be routed straight back to it.
+                session.finish()
             self.transport.loseConnection()
             abort = getattr(self.transport, "abortConnection", None)
             if abort is not None and not self.lost:
@@ -1114,6 +1481,20 @@ class C2SFactory(xmlstream.XmlStreamServerFactory):
         #: Bytes that may wait for a client that stopped reading before it is disconnected.
         self.maxOutputBacklog = max(MIN_OUTPUT_BACKLOG, 4 * config.maxStanzaSize)
         self._features: dict[Any, bytes] = {}
+        #: XEP-0198: sessions that may be resumed, by resumption id.
+        self.smSessions: dict[str, C2SSession] = {}
+        #: Failed logins (wrong credentials) by address key and by account, across connections.
+        self.addressFailures = FailureThrottle(
+            config.authFailureLimit, config.authFailurePeriod, reactor
+        )
+        self.accountFailures = FailureThrottle(
+            config.authFailureLimit, config.authFailurePeriod, reactor
+        )
+        #: XEP-0077: registration before authentication, password change after.
+        self.registration = Registration(config, accounts, reactor)
+        iq = getattr(im, "iq", None)
+        if iq is not None:
+            iq.register(NS_REGISTER, self.registration.handleIQ, server=True, account=True)
 
     def cachedFeatures(self, key: Any, build: Callable[[], domish.Element]) -> bytes:
         """

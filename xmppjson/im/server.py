@@ -67,6 +67,17 @@ class IMServer:
         }
         self.shuttingDown = False
 
+    def streamFeatures(self) -> list[domish.Element]:
+        """
+        The stream features that announce what the core implements, for a door to advertise
+        after authentication: roster versioning (XEP-0237) and subscription pre-approval
+        (RFC 6121 section 3.4).  New elements on every call, so a door may keep them.
+        """
+        return [
+            domish.Element(("urn:xmpp:features:rosterver", "ver")),
+            domish.Element(("urn:xmpp:features:pre-approval", "sub")),
+        ]
+
     def newResource(self) -> str:
         """A fresh server-generated resource."""
         return "xj-" + os.urandom(6).hex()
