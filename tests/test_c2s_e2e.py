@@ -82,7 +82,13 @@ class C2SEndToEndTests(unittest.TestCase):
         await self.accounts.register("bob", "builder123")
         return factory
 
-    async def runClient(self, *extra: str, bobPassword: str = "builder123") -> dict[str, Any]:
+    async def runClient(
+        self,
+        *extra: str,
+        bobPassword: str = "builder123",
+        sender: str = "alice@localhost/rabbit-hole",
+        senderPassword: str = "wonderland1",
+    ) -> dict[str, Any]:
         args = [
             CLIENT,
             "--port",
@@ -90,9 +96,9 @@ class C2SEndToEndTests(unittest.TestCase):
             "--domain",
             "localhost",
             "--sender",
-            "alice@localhost/rabbit-hole",
+            sender,
             "--sender-password",
-            "wonderland1",
+            senderPassword,
             "--receiver",
             "bob@localhost/site",
             "--receiver-password",
@@ -181,3 +187,59 @@ class C2SEndToEndTests(unittest.TestCase):
         result = await self.runClient("--mode", "starttls")
         self.assertFalse(result["ok"])
         self.assertEqual(result["stage"], "login")
+
+    async def test_streamManagementResumption(self) -> None:
+        """
+        XEP-0198 with slixmpp: the receiver's TCP connection is cut, messages sent meanwhile
+        wait in its detached session, and after the resumption every message has arrived
+        exactly once, on the same session.
+        """
+        await self.startServer(allowPlaintext=True)
+        opened: list[Any] = []
+        closed: list[Any] = []
+        openSession, closeSession = self.im.openSession, self.im.closeSession
+
+        async def recordOpen(session: Any) -> None:
+            opened.append(session)
+            await openSession(session)
+
+        def recordClose(session: Any) -> None:
+            closed.append(session)
+            closeSession(session)
+
+        self.im.openSession = recordOpen  # type: ignore[method-assign]
+        self.im.closeSession = recordClose  # type: ignore[method-assign]
+        result = await self.runClient("--mode", "plain", "--mech", "PLAIN", "--scenario", "sm")
+        self.assertTrue(result["ok"], result)
+        self.assertTrue(result["resumed"])
+        self.assertEqual(
+            result["bodies"],
+            [f"before {n}" for n in range(3)] + [f"while away {n}" for n in range(3)] + ["after"],
+        )
+        bob = [s for s in opened if s.localpart == "bob"]
+        self.assertEqual(len(bob), 1)
+        # Closed once, at the very end (the client's clean disconnect), never while detached.
+        self.assertEqual([s for s in closed if s.localpart == "bob"], bob)
+
+    async def test_clientStateIndication(self) -> None:
+        """XEP-0352 with slixmpp: presence and chat states wait until a message arrives."""
+        await self.startServer(allowPlaintext=True)
+        result = await self.runClient("--mode", "plain", "--mech", "PLAIN", "--scenario", "csi")
+        self.assertTrue(result["ok"], result)
+        self.assertTrue(result["csiAdvertised"])
+        self.assertEqual(result["whileHeld"], [])
+        self.assertEqual(result["afterBody"], ["presence:dnd", "body:wake up"], result)
+
+    async def test_inBandRegistration(self) -> None:
+        """XEP-0077 with slixmpp over STARTTLS: register, log in, change the password."""
+        factory = await self.startServer()
+        assert factory.tls is not None
+        result = await self.runClient(
+            "--mode", "starttls", "--ca-file", factory.tls.certificatePath,
+            "--scenario", "register", "--new-password", "looking-glass",
+            sender="carol@localhost/tea-party", senderPassword="mad-hatter",
+        )
+        self.assertTrue(result["ok"], result)
+        self.assertTrue(result["registered"])
+        self.assertTrue(result["loggedInAgain"])
+        self.assertTrue(await self.accounts.checkPassword("carol", "looking-glass"))
