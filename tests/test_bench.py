@@ -1,0 +1,141 @@
+"""
+Tests for the benchmark scripts in C{bench/}: they import, parse their arguments, and their pure
+helpers (WebSocket framing, scenario selection, the results table) behave.  Nothing here starts
+a server or measures time: the measurements themselves are C{bench/run.py} and
+C{bench/guard.py}, run by hand or by CI (see C{docs/performance.md}).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import sys
+from types import ModuleType
+
+from twisted.trial import unittest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def _load(name: str) -> ModuleType:
+    """Import C{bench/<name>.py} (C{bench/} is a folder of scripts, not a package)."""
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)  # the scripts import their sibling benchlib
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+class WSBenchTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.ws = _load("wsbench")
+
+    def test_scenarios(self) -> None:
+        parser = self.ws.build_parser()
+        cfg = parser.parse_args(["--port", "8081", "--domain", "bench.local", "--password", "benchpass",
+                                 "chat", "--pairs", "3", "--window", "2", "--duration", "1"])
+        self.assertEqual((cfg.scenario, cfg.pairs, cfg.window, cfg.duration), ("chat", 3, 2, 1.0))
+        cfg = parser.parse_args(["cross", "--pairs", "2", "--prefix", "x"])
+        self.assertEqual((cfg.scenario, cfg.prefix, cfg.c2s_port), ("cross", "x", 5222))
+        cfg = parser.parse_args(["--prefix", "wring", "presence", "--users", "20", "--contacts", "4"])
+        self.assertEqual((cfg.users, cfg.contacts), (20, 4))
+        for argv in (["login", "--clients", "5"], ["idle", "--clients", "5"], ["provision", "--users", "5"],
+                     ["rosters", "--users", "6", "--contacts", "2"]):
+            self.assertEqual(parser.parse_args(argv).scenario, argv[0])
+
+    def test_unknownScenario(self) -> None:
+        with contextlib.redirect_stderr(io.StringIO()):
+            self.assertRaises(SystemExit, self.ws.build_parser().parse_args, ["nope"])
+
+    def test_frameMasked(self) -> None:
+        """Client frames are masked; unmasking with the key gives the payload back."""
+        for payload in (b"", b"x", b"{" + b"a" * 200 + b"}", b"b" * 70000):
+            mask = b"\x01\x02\x03\x04"
+            frame = self.ws.ws_frame(payload, mask)
+            self.assertEqual(frame[0], 0x81)
+            self.assertTrue(frame[1] & 0x80)
+            n = frame[1] & 0x7F
+            start = 2
+            if n == 126:
+                n, start = int.from_bytes(frame[2:4], "big"), 4
+            elif n == 127:
+                n, start = int.from_bytes(frame[2:10], "big"), 10
+            self.assertEqual(n, len(payload))
+            key, body = frame[start:start + 4], frame[start + 4:]
+            self.assertEqual(key, mask)
+            self.assertEqual(bytes(b ^ key[i % 4] for i, b in enumerate(body)), payload)
+
+    def test_parseServerFrames(self) -> None:
+        """Unmasked server frames split across reads reach the fast path whole, in order."""
+
+        class Cfg:
+            domain = "bench.local"
+
+        client = self.ws.WSClient.__new__(self.ws.WSClient)
+        client.handshaking, client.buf, client.frag = False, b"", None
+        got: list[bytes] = []
+        client.fast = got.extend
+        frames = [b'{"type":"message","payload":{"body":"%d:1"}}' % i for i in range(3)]
+        wire = b"".join(bytes((0x81, len(f))) + f for f in frames)
+        client.data_received(wire[:5])
+        client.data_received(wire[5:40])
+        client.data_received(wire[40:])
+        self.assertEqual(got, frames)
+        self.assertEqual([m[0] for m in self.ws.RE_BODY.findall(b"\n".join(got))], [b"0", b"1", b"2"])
+
+
+class RunTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.runpy = _load("run")
+
+    def test_arguments(self) -> None:
+        args = self.runpy.build_parser().parse_args(["--quick", "--scenarios", "chat-50x10,ws-chat-50x10",
+                                                   "--rounds", "2", "--servers", "xmppjson,prosody"])
+        scenarios, servers = self.runpy.select(args)
+        self.assertEqual([s.name for s in scenarios], ["chat-50x10", "ws-chat-50x10"])
+        self.assertEqual(servers, ["xmppjson", "prosody"])
+        self.assertEqual(args.rounds, 2)
+
+    def test_defaultsAndUnknown(self) -> None:
+        parser = self.runpy.build_parser()
+        scenarios, _ = self.runpy.select(parser.parse_args([]))
+        self.assertIn("chat-50x10", [s.name for s in scenarios])
+        self.assertRaises(SystemExit, self.runpy.select, parser.parse_args(["--scenarios", "nope"]))
+        self.assertRaises(SystemExit, self.runpy.select, parser.parse_args(["--servers", "openfire"]))
+
+    def test_everyRowNamesAScenario(self) -> None:
+        for row in self.runpy.ROWS:
+            self.assertIn(row[1], self.runpy.SCENARIOS)
+
+    def test_table(self) -> None:
+        """Medians per label, and ratios computed within each round."""
+        results = []
+        for rnd, (x, e, p) in enumerate([(1000.0, 500.0, 250.0), (3000.0, 1000.0, 1000.0), (2000.0, 1000.0, 500.0)], 1):
+            for server, v in (("xmppjson", x), ("ejabberd", e), ("prosody", p)):
+                results.append({"kind": "run", "round": rnd, "label": f"{server}/chat-50x10",
+                                "msgs_per_server_cpu_s": v, "lat_p99_ms": 5.0, "lost": 0, "duplicated": 0})
+        md = self.runpy.table(json.loads(json.dumps(results)))
+        row = next(line for line in md.splitlines() if "| chat-50x10 |" in line)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        self.assertEqual(cells[2:5], ["2,000", "1,000", "500"])
+        self.assertEqual(cells[5:7], ["2.00x", "4.00x"])
+        self.assertIn("MET", cells[-1])
+
+
+class GuardTests(unittest.TestCase):
+    def test_arguments(self) -> None:
+        guard = _load("guard")
+        args = guard.build_parser().parse_args(["--record", "--margin", "0.5", "--rounds", "3"])
+        self.assertEqual((args.record, args.margin, args.rounds), (True, 0.5, 3))
+
+    def test_recordedThreshold(self) -> None:
+        guard = _load("guard")
+        conf = guard.load_config(guard.GUARD_JSON)
+        self.assertGreater(conf["min_fraction"], 0)
+        self.assertLess(conf["min_fraction"], 1)
