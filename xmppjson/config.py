@@ -48,3 +48,10 @@ class Config:
     stanzaBurst: float = 200.0
     # WebSocket Origin allow-list (empty: any origin)
     allowedOrigins: tuple[str, ...] = ()
+    # clustering (docs/clustering.md): several nodes sharing one PostgreSQL database, which is
+    # both their shared state and their message bus; off unless asked for
+    cluster: bool = False
+    nodeName: str = ""  # unique per node and stable across its restarts; "" = the host name
+    clusterHeartbeat: float = 2.0  # seconds between two heartbeats of a node
+    clusterTimeout: float = 10.0  # seconds without a heartbeat before a node is declared dead
+    clusterChannel: str = "xj"  # NOTIFY channel prefix: clusters sharing one database differ here

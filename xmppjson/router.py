@@ -4,7 +4,19 @@ them a stanza addressed to a JID reaches (RFC 6121 section 8).
 
 The router knows nothing of doors or of stanza semantics: the IM core (L{xmppjson.im.server})
 asks it where to deliver.  A clustered deployment replaces it with a subclass that also knows the
-sessions of other nodes; everything else talks to it only through the methods below.
+sessions of other nodes (L{xmppjson.cluster.ClusterRouter}); everything else talks to it only
+through the methods below.
+
+The seam a clustered router needs, and what it means here:
+ - the lookups (L{Router.session}, L{Router.sessionsOf}, L{Router.availableSessionsOf},
+   L{Router.messageTargets}, L{Router.countOf}) answer for every session the router knows, so in
+   a cluster for the sessions of every node;
+ - L{Router.hasSessions} and iteration answer for this process's own sessions only: the core
+   uses them for what lives in this process (the roster cache, shutdown);
+ - L{Router.changed} is told when a session's presence, priority or flags may have changed
+   (only when L{Router.replicated}, so that a single process pays nothing for it);
+ - L{Router.ready} is false while the router cannot take sessions (a cluster node that is still
+   loading the other nodes' sessions).
 """
 
 from __future__ import annotations
@@ -17,7 +29,14 @@ from xmppjson.session import Session
 class Router:
     """
     Sessions by bare JID, then by resource.
+
+    @cvar replicated: whether L{changed} must be called after a session's state may have
+        changed (a clustered router copies that state to other nodes).
+    @cvar ready: whether sessions may be added now.
     """
+
+    replicated = False
+    ready = True
 
     def __init__(self) -> None:
         self._byBare: dict[str, dict[str, Session]] = {}
@@ -54,7 +73,14 @@ class Router:
         return list(resources.values()) if resources else []
 
     def hasSessions(self, bare: str) -> bool:
+        """Whether this process holds a session of C{bare} (its roster is cached here)."""
         return bare in self._byBare
+
+    def changed(self, session: Session) -> None:
+        """
+        C{session}'s presence, priority, C{receivesMessages} or C{interested} may have changed.
+        Called by the core only when L{replicated} is true; nothing to do for a single process.
+        """
 
     def countOf(self, bare: str) -> int:
         resources = self._byBare.get(bare)

@@ -67,10 +67,49 @@ class XmppJsonServer(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.store = openStore(config.db, reactor)
+        #: the L{xmppjson.cluster.ClusterNode} when C{config.cluster}, else C{None}
+        self.cluster: Any = None
+        router = None
+        if config.cluster:
+            # Imported only here: a single node loads nothing of the cluster.
+            from xmppjson.cluster import ClusterNode
+
+            self.cluster = ClusterNode(config, self.store, reactor)
+            # The core reads the cluster-wide routing table and writes rosters through a
+            # store that tells the other nodes.
+            router = self.cluster.router
+            self.store = self.cluster.store
         self.accounts = Accounts(config, self.store, reactor)
-        self.im = IMServer(config, self.store, reactor)
+        self.im = IMServer(config, self.store, reactor, router)
         StoreService(self.store).setServiceParent(self)
+        if self.cluster is not None:
+            from xmppjson.cluster import ClusterService
+
+            self.cluster.attach(self.im)
+            # After the store and before the core: it stops after the core (whose sessions'
+            # goodbyes it still sends) and before the store.
+            ClusterService(self.cluster).setServiceParent(self)
         IMService(self.im).setServiceParent(self)
+
+    log = Logger()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop the parts one after the other, the last started first, each once the one before
+        has finished: the listeners, then the core (which closes every session and writes what
+        is pending), then the cluster (which sends the sessions' goodbyes), and the store last.
+        L{service.MultiService} would stop them all at once, closing the store under writes
+        still in flight.
+        """
+        service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stopInOrder())
+
+    async def _stopInOrder(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await defer.maybeDeferred(child.stopService)
+            except Exception:  # noqa: BLE001 - one part failing to stop must not keep the rest running
+                self.log.failure("Stopping {name} failed", name=child.name)
 
     def makeSite(self) -> Any:
         from xmppjson.web import makeSite

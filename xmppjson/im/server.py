@@ -55,7 +55,8 @@ class IMServer:
         self.store = store
         self.reactor = reactor
         self.domain = config.domain
-        self.router = router or Router()
+        # (not "router or Router()": an empty router is falsy, it has a length)
+        self.router = router if router is not None else Router()
         self.rosters = RosterManager(self)
         self.presence = PresenceHandler(self)
         self.messages = MessageHandler(self)
@@ -66,6 +67,9 @@ class IMServer:
             "iq": self.iq.outbound,
         }
         self.shuttingDown = False
+        # A clustered router copies sessions' state to other nodes: tell it when that may have
+        # changed.  Read once, so a single process pays one attribute test per presence or iq.
+        self._replicated = self.router.replicated
 
     def streamFeatures(self) -> list[domish.Element]:
         """
@@ -87,6 +91,8 @@ class IMServer:
     async def openSession(self, session: Session) -> None:
         if self.shuttingDown:
             raise ResourceConstraint("the server is shutting down", condition="service-unavailable")
+        if not self.router.ready:
+            raise ResourceConstraint("the server is joining its cluster", condition="service-unavailable")
         replacing = self.router.session(session.bare, session.resource) is not None
         if not replacing and self.router.countOf(session.bare) >= self.config.maxSessionsPerUser:
             raise ResourceConstraint(
@@ -164,11 +170,20 @@ class IMServer:
             handler(session, element)
         except Exception as e:
             self._answerError(session, element, e)
+        if self._replicated and element.name != "message":
+            self.router.changed(session)
 
     def spawn(self, session: Session, element: domish.Element, work: Coroutine[Any, Any, Any]) -> None:
         """Run the asynchronous part of handling a stanza; its failure is answered to the sender."""
         d = defer.ensureDeferred(work)
         d.addErrback(lambda f: self._answerError(session, element, f))
+        if self._replicated:
+            # e.g. a roster get makes the session "interested" once the roster is loaded
+            d.addBoth(self._changedAfter, session)
+
+    def _changedAfter(self, result: object, session: Session) -> None:
+        if session.active:
+            self.router.changed(session)
 
     def _answerError(self, session: Session, element: domish.Element, reason: Exception | Failure) -> None:
         error = asError(reason)

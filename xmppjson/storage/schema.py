@@ -131,6 +131,46 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     # Version 2 and later (the message archive, ...) are appended here.
+    (
+        4,
+        [
+            # Clustering (xmppjson.cluster, docs/clustering.md): only nodes started with the
+            # cluster on ever touch these tables.  A node's row is its heartbeat; a node whose
+            # last_seen is too old is declared dead by the first survivor that deletes the row.
+            (
+                "CREATE TABLE cluster_nodes ("
+                " node TEXT PRIMARY KEY,"
+                " epoch TEXT NOT NULL,"
+                " started {timestamp} NOT NULL,"
+                " last_seen {timestamp} NOT NULL)"
+            ),
+            # Every live session of every node, so that a node starting up can load them and
+            # the survivors of a dead node know whose contacts must see them go.  "serial" tells
+            # one session from a later one with the same full JID on the same node.
+            (
+                "CREATE TABLE cluster_sessions ("
+                " jid TEXT PRIMARY KEY,"
+                " node TEXT NOT NULL,"
+                " serial BIGINT NOT NULL,"
+                " priority INTEGER NOT NULL,"
+                " presence TEXT,"
+                " receives {bool} NOT NULL,"
+                " interested {bool} NOT NULL,"
+                " updated {timestamp} NOT NULL)"
+            ),
+            "CREATE INDEX cluster_sessions_node ON cluster_sessions (node)",
+            # Notification payloads too big for NOTIFY (8000 bytes): the notification carries
+            # the row's id.  Rows for one node are deleted as it reads them, the others by age.
+            (
+                "CREATE TABLE cluster_stanzas ("
+                " id {serial},"
+                " channel TEXT NOT NULL,"
+                " created {timestamp} NOT NULL,"
+                " payload TEXT NOT NULL)"
+            ),
+            "CREATE INDEX cluster_stanzas_created ON cluster_stanzas (created)",
+        ],
+    ),
 ]
 
 CURRENT_VERSION: int = MIGRATIONS[-1][0]
