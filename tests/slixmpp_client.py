@@ -145,10 +145,13 @@ async def smScenario(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"ok": False, "bodies": [], "resumed": False}
     sender = Login(makeClient(args.sender, args.sender_password, args))
     receiver = Login(makeClient(args.receiver, args.receiver_password, args, ("xep_0198",)))
-    enabled = asyncio.get_running_loop().create_future()
-    receiver.client.add_event_handler(
-        "sm_enabled", lambda _e: enabled.done() or enabled.set_result(None)
-    )
+    enabled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def onEnabled(_event: Any) -> None:
+        if not enabled.done():
+            enabled.set_result(None)
+
+    receiver.client.add_event_handler("sm_enabled", onEnabled)
     try:
         result["stage"] = "login"
         for login in (sender, receiver):

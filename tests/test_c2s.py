@@ -25,6 +25,7 @@ from twisted.words.xish import domish
 
 from xmppjson.accounts import Accounts
 from xmppjson.c2s import sasl, tls
+from xmppjson.c2s.sm import StreamManagement
 from xmppjson.c2s.stream import (
     MAX_AUTH_FAILURES,
     NS_BIND,
@@ -163,6 +164,20 @@ class Wire:
     def closed(self) -> bool:
         return self.transport.disconnecting
 
+    @property
+    def session(self) -> C2SSession:
+        """The bound session (the stream must have one)."""
+        session = self.protocol.session
+        assert session is not None
+        return session
+
+    @property
+    def sm(self) -> StreamManagement:
+        """The session's XEP-0198 state (it must have been enabled)."""
+        sm = self.session.sm
+        assert sm is not None
+        return sm
+
     def lose(self) -> None:
         from twisted.internet.error import ConnectionDone
         from twisted.python.failure import Failure
@@ -219,6 +234,28 @@ class C2SFixture:
                 wire.lose()
         await self.im.shutdown()
         await self.store.close()
+
+    def recordUndeliverable(self) -> list[domish.Element]:
+        """Replace the core's C{undeliverable} with a list of what the door hands back."""
+        handedBack: list[domish.Element] = []
+
+        def record(session: Any, element: domish.Element) -> None:
+            handedBack.append(element)
+
+        self.im.undeliverable = record  # type: ignore[method-assign]
+        return handedBack
+
+    def recordClosed(self) -> list[Any]:
+        """Sessions the door closes in the core (the real C{closeSession} still runs)."""
+        closed: list[Any] = []
+        original = self.im.closeSession
+
+        def record(session: Any) -> None:
+            closed.append(session)
+            original(session)
+
+        self.im.closeSession = record  # type: ignore[method-assign]
+        return closed
 
     def connect(self, host: str = "127.0.0.1") -> Wire:
         wire = Wire(self.factory, host)
@@ -710,7 +747,7 @@ class BindTests(unittest.TestCase):
     async def test_clientResource(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
         wire = await fx.login(resource="balcony")
-        session = wire.protocol.session
+        session = wire.session
         self.assertIsInstance(session, C2SSession)
         self.assertEqual(session.full, "juliet@localhost/balcony")
         self.assertIs(fx.im.router.session("juliet@localhost", "balcony"), session)
@@ -742,7 +779,7 @@ class BindTests(unittest.TestCase):
         jid = jidOfBind(result)
         self.assertTrue(jid.startswith("juliet@localhost/"))
         self.assertGreater(len(jid), len("juliet@localhost/"))
-        self.assertEqual(wire.protocol.session.full, jid)
+        self.assertEqual(wire.session.full, jid)
 
     async def test_invalidResource(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
@@ -774,7 +811,7 @@ class BindTests(unittest.TestCase):
         error = wire.take()[0]
         self.assertEqual((error["type"], error["id"]), ("error", "b2"))
         self.assertEqual(stanzaErrorCondition(error), "not-allowed")
-        self.assertEqual(wire.protocol.session.resource, "balcony")
+        self.assertEqual(wire.session.resource, "balcony")
 
     async def test_legacySession(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
@@ -821,7 +858,11 @@ class BindTests(unittest.TestCase):
             f"<iq type='set' id='b1'><bind xmlns='{NS_BIND}'><resource>r</resource></bind></iq>"
             f"<iq type='set' id='s1'><session xmlns='{NS_SESSION}'/></iq>"
         )
-        await waitUntil(lambda: wire.pump() or len(wire.elements) >= 2)
+        def both() -> bool:
+            wire.pump()
+            return len(wire.elements) >= 2
+
+        await waitUntil(both)
         self.assertEqual([e["id"] for e in wire.take()], ["b1", "s1"])
         self.assertFalse(wire.closed)
 
@@ -1013,10 +1054,8 @@ class SessionTests(unittest.TestCase):
     async def test_connectionLostClosesSession(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
         wire = await fx.login()
-        session = wire.protocol.session
-        calls: list[Any] = []
-        original = fx.im.closeSession
-        fx.im.closeSession = lambda s: (calls.append(s), original(s))  # type: ignore[method-assign]
+        session = wire.session
+        calls = fx.recordClosed()
         wire.lose()
         self.assertEqual(calls, [session])
         self.assertIsNone(fx.im.router.session("juliet@localhost", "balcony"))
@@ -1025,32 +1064,30 @@ class SessionTests(unittest.TestCase):
     async def test_connectionLostBeforeBind(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
         wire, _ = fx.open()
-        calls: list[Any] = []
-        fx.im.closeSession = calls.append  # type: ignore[method-assign]
+        calls = fx.recordClosed()
         wire.lose()
         self.assertEqual(calls, [])
 
     async def test_deliverAfterLossIsUndeliverable(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
         wire = await fx.login()
-        session = wire.protocol.session
-        handedBack: list[Any] = []
-        fx.im.undeliverable = lambda s, e: handedBack.append((s, e))  # type: ignore[method-assign]
+        session = wire.session
+        handedBack = fx.recordUndeliverable()
         wire.lose()
         message = domish.Element((NS_CLIENT, "message"))
         session.deliver(message)
-        self.assertEqual(handedBack, [(session, message)])
+        self.assertEqual(handedBack, [message])
         self.assertEqual(wire.transport.value(), b"")
 
     async def test_closeWithCondition(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
         wire = await fx.login()
-        wire.protocol.session.close("system-shutdown", "bye")
+        wire.session.close("system-shutdown", "bye")
         self.assertEqual(wire.streamError(), "system-shutdown")
         self.assertTrue(wire.ended)
         self.assertTrue(wire.closed)
         # Closing twice writes nothing more.
-        wire.protocol.session.close("conflict")
+        wire.session.close("conflict")
         self.assertEqual(wire.transport.value(), b"")
 
     async def test_coreFailureAnswersInternalError(self) -> None:
@@ -1191,7 +1228,7 @@ class TLSFileTests(unittest.TestCase):
 _NAMES = st.sampled_from(["message", "body", "x", "item", "a"])
 _NAMESPACES = st.sampled_from([None, NS_CLIENT, "urn:x", "urn:y", ""])
 _TEXT = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=8
 )
 _ATTRIBUTE_NAMES = st.one_of(
     st.sampled_from(["to", "id", "type", "from"]),
@@ -1270,9 +1307,8 @@ class BackpressureTests(unittest.TestCase):
     async def test_backlogCutsTheConnection(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True, maxStanzaSize=64 * 1024).start("juliet")
         wire = await fx.login()
-        session = wire.protocol.session
-        handedBack: list[Any] = []
-        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        session = wire.session
+        handedBack = fx.recordUndeliverable()
         wire.protocol.pauseProducing()
         message = domish.Element((NS_CLIENT, "message"))
         message.addElement("body", content="x" * 10000)
@@ -1320,7 +1356,7 @@ class WireFormatTests(unittest.TestCase):
         message = domish.Element((NS_CLIENT, "message"))
         message["to"] = "juliet@localhost/balcony"
         message.addElement("body", content="a < b")
-        wire.protocol.session.deliver(message)
+        wire.session.deliver(message)
         self.assertEqual(
             wire.transport.value(),
             b"<message to='juliet@localhost/balcony'><body>a &lt; b</body></message>",
@@ -1500,7 +1536,7 @@ class StreamManagementTests(unittest.TestCase):
         self.assertEqual(enabled["resume"], "true")
         self.assertEqual(enabled["max"], "300")
         self.assertGreaterEqual(len(enabled["id"]), 20)
-        self.assertIs(fx.factory.smSessions[enabled["id"]], juliet.protocol.session)
+        self.assertIs(fx.factory.smSessions[enabled["id"]], juliet.session)
 
     async def test_enableClientMax(self) -> None:
         _, juliet, _ = await self.pair()
@@ -1553,7 +1589,6 @@ class StreamManagementTests(unittest.TestCase):
         """The server asks for an ack after five stanzas, once per round trip, and when idle."""
         fx, juliet, romeo = await self.pair()
         enableSM(juliet)
-        session = juliet.protocol.session
         for n in range(4):
             romeo.send(chat("juliet@localhost/balcony", f"m{n}"))
         self.assertEqual(named(juliet.take(), NS_SM, "r"), [])
@@ -1563,14 +1598,14 @@ class StreamManagementTests(unittest.TestCase):
         for n in range(5, 12):
             romeo.send(chat("juliet@localhost/balcony", f"m{n}"))
         self.assertEqual(named(juliet.take(), NS_SM, "r"), [])
-        self.assertEqual(len(session.sm.unacked), 12)
+        self.assertEqual(len(juliet.sm.unacked), 12)
         juliet.send(f"<a xmlns='{NS_SM}' h='10'/>")
-        self.assertEqual(bodies(list(session.sm.unacked)), ["m10", "m11"])
+        self.assertEqual(bodies(list(juliet.sm.unacked)), ["m10", "m11"])
         # Two stanzas unacknowledged and no traffic: asked again after 30 s.
         fx.clock.advance(31)
         self.assertEqual(len(named(juliet.take(), NS_SM, "r")), 1)
         juliet.send(f"<a xmlns='{NS_SM}' h='12'/>")
-        self.assertEqual(len(session.sm.unacked), 0)
+        self.assertEqual(len(juliet.sm.unacked), 0)
 
     async def test_doorRepliesAreCounted(self) -> None:
         """Stanzas the door answers itself (legacy session, second bind) count like any."""
@@ -1579,7 +1614,7 @@ class StreamManagementTests(unittest.TestCase):
         juliet.send("<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
         juliet.send(f"<iq type='set' id='b2'><bind xmlns='{NS_BIND}'/></iq>")
         self.assertEqual(len(juliet.take()), 2)
-        self.assertEqual(len(juliet.protocol.session.sm.unacked), 2)
+        self.assertEqual(len(juliet.sm.unacked), 2)
 
     async def test_ackTooHigh(self) -> None:
         _, juliet, romeo = await self.pair()
@@ -1607,10 +1642,8 @@ class StreamManagementTests(unittest.TestCase):
     async def test_detachKeepsTheSessionAndQueues(self) -> None:
         fx, juliet, romeo = await self.pair()
         enableSM(juliet)
-        session = juliet.protocol.session
-        closed: list[Any] = []
-        original = fx.im.closeSession
-        fx.im.closeSession = lambda s: (closed.append(s), original(s))  # type: ignore[method-assign]
+        session = juliet.session
+        closed = fx.recordClosed()
         juliet.send("<presence/>")
         romeo.send(chat("juliet@localhost/balcony", "before"))
         juliet.lose()
@@ -1622,13 +1655,13 @@ class StreamManagementTests(unittest.TestCase):
         romeo.send(chat("juliet@localhost", "to the bare JID"))
         self.assertEqual(romeo.take(), [])  # no errors bounced
         self.assertEqual(
-            bodies(list(session.sm.unacked)), ["before", "while away", "to the bare JID"]
+            bodies(list(juliet.sm.unacked)), ["before", "while away", "to the bare JID"]
         )
 
     async def test_resume(self) -> None:
         fx, juliet, romeo = await self.pair()
         previd = enableSM(juliet)["id"]
-        session = juliet.protocol.session
+        session = juliet.session
         juliet.send("<presence/>")
         romeo.send(chat("juliet@localhost/balcony", "one"))
         romeo.send(chat("juliet@localhost/balcony", "two"))
@@ -1643,7 +1676,7 @@ class StreamManagementTests(unittest.TestCase):
         self.assertEqual(bodies(answer[1:]), ["two", "three"])
         self.assertEqual(len(named(answer, NS_SM, "r")), 1)
         # The same session object, now on the new stream, for both directions.
-        self.assertIs(wire.protocol.session, session)
+        self.assertIs(wire.session, session)
         self.assertIs(session.stream, wire.protocol)
         self.assertIs(fx.im.router.session("juliet@localhost", "balcony"), session)
         romeo.send(chat("juliet@localhost/balcony", "four"))
@@ -1671,7 +1704,7 @@ class StreamManagementTests(unittest.TestCase):
         self.assertTrue(juliet.closed)
         juliet.lose()
         # The old connection going away does not end the session it no longer holds.
-        self.assertTrue(wire.protocol.session.active)
+        self.assertTrue(wire.session.active)
         romeo.send(chat("juliet@localhost/balcony", "two"))
         self.assertEqual(bodies(wire.take()), ["two"])
 
@@ -1692,7 +1725,7 @@ class StreamManagementTests(unittest.TestCase):
         juliet.lose()
         _, answer = await resumeOn(fx, "romeo", previd, 0)
         self.assertEqual([c.name for c in answer[0].elements()], ["item-not-found"])
-        self.assertTrue(juliet.protocol.session.sm.detached)
+        self.assertTrue(juliet.sm.detached)
 
     async def test_resumeBeforeAuthentication(self) -> None:
         fx, juliet, _ = await self.pair()
@@ -1708,16 +1741,14 @@ class StreamManagementTests(unittest.TestCase):
         _wire, answer = await resumeOn(fx, "juliet", previd, 5)
         errors = named(answer, NS_STREAMS, "error")
         self.assertIn("handled-count-too-high", [c.name for c in errors[0].elements()])
-        self.assertTrue(juliet.protocol.session.sm.detached)
+        self.assertTrue(juliet.sm.detached)
 
     async def test_expiry(self) -> None:
         """Not resumed in time: the session ends, and what it never got is stored offline."""
         fx, juliet, romeo = await self.pair()
         previd = enableSM(juliet)["id"]
-        session = juliet.protocol.session
-        closed: list[Any] = []
-        original = fx.im.closeSession
-        fx.im.closeSession = lambda s: (closed.append(s), original(s))  # type: ignore[method-assign]
+        session = juliet.session
+        closed = fx.recordClosed()
         romeo.send(chat("juliet@localhost/balcony", "unacked", "u1"))
         juliet.lose()
         romeo.send(chat("juliet@localhost/balcony", "queued", "q1"))
@@ -1747,9 +1778,8 @@ class StreamManagementTests(unittest.TestCase):
         """A stream the server closes is never resumed; unacked messages go back to the core."""
         fx, juliet, romeo = await self.pair()
         previd = enableSM(juliet)["id"]
-        session = juliet.protocol.session
-        handedBack: list[domish.Element] = []
-        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        session = juliet.session
+        handedBack = fx.recordUndeliverable()
         romeo.send(chat("juliet@localhost/balcony", "unacked"))
         session.close("system-shutdown")
         self.assertEqual(juliet.streamError(), "system-shutdown")
@@ -1764,24 +1794,23 @@ class StreamManagementTests(unittest.TestCase):
         previd = enableSM(juliet)["id"]
         juliet.send("</stream:stream>")
         juliet.lose()
-        self.assertFalse(juliet.protocol.session.active)
+        self.assertFalse(juliet.session.active)
         self.assertNotIn(previd, fx.factory.smSessions)
 
     async def test_withoutResumptionLossEndsTheSession(self) -> None:
         fx, juliet, romeo = await self.pair()
         enableSM(juliet, resume=False)
-        handedBack: list[domish.Element] = []
-        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        handedBack = fx.recordUndeliverable()
         romeo.send(chat("juliet@localhost/balcony", "unacked"))
         juliet.lose()
-        self.assertFalse(juliet.protocol.session.active)
+        self.assertFalse(juliet.session.active)
         self.assertEqual(bodies(handedBack), ["unacked"])
 
     async def test_conflictWhileDetached(self) -> None:
         """A new login with the same resource replaces the detached session and gets its queue."""
         fx, juliet, romeo = await self.pair()
         enableSM(juliet)
-        old = juliet.protocol.session
+        old = juliet.session
         juliet.lose()
         romeo.send(chat("juliet@localhost/balcony", "queued"))
         new = await fx.login("juliet", "balcony")
@@ -1796,8 +1825,7 @@ class StreamManagementTests(unittest.TestCase):
     async def test_shutdownWhileDetached(self) -> None:
         fx, juliet, romeo = await self.pair()
         enableSM(juliet)
-        handedBack: list[domish.Element] = []
-        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        handedBack = fx.recordUndeliverable()
         juliet.lose()
         romeo.send(chat("juliet@localhost/balcony", "queued"))
         await fx.im.shutdown()
@@ -1809,8 +1837,7 @@ class StreamManagementTests(unittest.TestCase):
         self.patch(sm, "MAX_UNACKED", 10)
         fx, juliet, romeo = await self.pair()
         enableSM(juliet)
-        handedBack: list[domish.Element] = []
-        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        handedBack = fx.recordUndeliverable()
         for n in range(11):
             romeo.send(chat("juliet@localhost/balcony", f"m{n}"))
         fx.clock.advance(0)
@@ -1823,9 +1850,8 @@ class StreamManagementTests(unittest.TestCase):
         self.patch(sm, "MAX_UNACKED", 10)
         fx, juliet, romeo = await self.pair()
         enableSM(juliet)
-        session = juliet.protocol.session
-        handedBack: list[domish.Element] = []
-        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        session = juliet.session
+        handedBack = fx.recordUndeliverable()
         juliet.lose()
         for n in range(11):
             romeo.send(chat("juliet@localhost/balcony", f"m{n}"))
@@ -1837,10 +1863,10 @@ class StreamManagementTests(unittest.TestCase):
         """Without <enable/>, nothing is kept: a delivered stanza is written and forgotten."""
         _, juliet, romeo = await self.pair()
         romeo.send(chat("juliet@localhost/balcony", "hi"))
-        self.assertIsNone(juliet.protocol.session.sm)
+        self.assertIsNone(juliet.session.sm)
         self.assertIsNone(juliet.protocol._sm)
         juliet.lose()
-        self.assertFalse(juliet.protocol.session.active)
+        self.assertFalse(juliet.session.active)
 
 
 # -- XEP-0352 client state indication -----------------------------------------------------
@@ -1962,7 +1988,7 @@ class ClientStateTests(unittest.TestCase):
         _, juliet, romeo = await self.pair()
         juliet.send(f"<inactive xmlns='{NS_CSI}'/>")
         romeo.send("<presence to='juliet@localhost/balcony'/>")
-        juliet.protocol.session.deliver(
+        juliet.session.deliver(
             stanza(
                 "<iq from='romeo@localhost/garden' to='juliet@localhost/balcony' type='get' "
                 "id='v1'><query xmlns='jabber:iq:version'/></iq>"
@@ -1975,15 +2001,13 @@ class ClientStateTests(unittest.TestCase):
         enableSM(juliet)
         juliet.send(f"<inactive xmlns='{NS_CSI}'/>")
         romeo.send("<presence to='juliet@localhost/balcony'/>")
-        session = juliet.protocol.session
-        self.assertEqual(len(session.sm.unacked), 0)
+        self.assertEqual(len(juliet.sm.unacked), 0)
         juliet.send(f"<active xmlns='{NS_CSI}'/>")
-        self.assertEqual(len(session.sm.unacked), 1)
+        self.assertEqual(len(juliet.sm.unacked), 1)
 
     async def test_heldStanzasGoBackWhenTheSessionEnds(self) -> None:
         fx, juliet, romeo = await self.pair()
-        handedBack: list[domish.Element] = []
-        fx.im.undeliverable = lambda s, e: handedBack.append(e)  # type: ignore[method-assign]
+        handedBack = fx.recordUndeliverable()
         juliet.send(f"<inactive xmlns='{NS_CSI}'/>")
         romeo.send("<message to='juliet@localhost/balcony'><received xmlns='urn:xmpp:receipts' id='x'/></message>")
         juliet.lose()

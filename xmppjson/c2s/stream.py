@@ -1493,7 +1493,9 @@ class C2SFactory(xmlstream.XmlStreamServerFactory):
         #: XEP-0077: registration before authentication, password change after.
         self.registration = Registration(config, accounts, reactor)
         iq = getattr(im, "iq", None)
-        if iq is not None:
+        if iq is not None and NS_REGISTER not in iq.serverHandlers:
+            # One handler per core: a second listener on it (say direct TLS beside STARTTLS)
+            # shares the first one's.
             iq.register(NS_REGISTER, self.registration.handleIQ, server=True, account=True)
 
     def cachedFeatures(self, key: Any, build: Callable[[], domish.Element]) -> bytes:
