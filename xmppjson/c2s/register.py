@@ -29,7 +29,7 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
 from xmppjson.config import Config
-from xmppjson.error import Unprocessable, XMPPJSONError, asError
+from xmppjson.error import Conflict, Unprocessable, XMPPJSONError, asError
 from xmppjson.limits import FailureThrottle
 
 NS_REGISTER = "jabber:iq:register"
@@ -168,6 +168,9 @@ class Registration:
             raise Unprocessable(
                 [{"field": "username" if not username else "password", "message": "required"}]
             )
+        if await self.accounts.userExists(username):
+            # Known before the password hash is computed (which costs milliseconds of CPU).
+            raise Conflict("that user name is taken")
         key = addressKey(host)
         if key in self.exempt or self.config.registrationsPerAddress <= 0:
             await self.accounts.register(username, password)
