@@ -234,8 +234,8 @@ class ClusterRouter(Router):
         self.remote: dict[str, RemoteSession] = {}
         self._localBare: dict[str, int] = {}
 
-    @property  # type: ignore[override]
-    def ready(self) -> bool:
+    @property
+    def ready(self) -> bool:  # type: ignore[override]
         return self.cluster.state == LIVE
 
     # local sessions -------------------------------------------------------------
@@ -569,7 +569,7 @@ class ClusterNode:
         self.nodes = {row[1]: row[2] for row in rows if row[0] == "n" and row[1] != self.name}
         for row in rows:
             if row[0] == "s" and row[2] in self.nodes:
-                self._applySession(row[2], *row[3:8], full=row[1])
+                self._applySession(row[2], row[3], row[4], row[5], row[6], row[7], full=row[1])
 
     def stop(self) -> defer.Deferred[None]:
         """Leave the cluster cleanly: send what is queued, then delete this node's rows."""
@@ -981,7 +981,8 @@ class ClusterNode:
                 messages = []
             if kind == "S":
                 if self.nodes.get(sender) == epoch:
-                    self._applySession(sender, record[1], *record[3:7], full=record[2])
+                    self._applySession(sender, record[1], record[3], record[4], record[5], record[6],
+                                       full=record[2])
             elif kind == "D":
                 self._applyGone(record[1], record[2], record[3])
             elif kind == "A":
@@ -1196,7 +1197,7 @@ class ClusterService(service.Service):
     the core (whose sessions' goodbyes it sends) and before the store.
     """
 
-    name = "cluster"
+    name = "cluster"  # type: ignore[assignment]
 
     def __init__(self, node: ClusterNode):
         self.node = node
