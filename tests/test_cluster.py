@@ -46,7 +46,7 @@ def reactor() -> Any:
     return r
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
+async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
     """Wait on the real reactor until C{predicate()} is true; fail after C{timeout} seconds."""
     deadline = reactor().seconds() + timeout
     while True:
@@ -112,7 +112,7 @@ class XMPPClient(protocol.Protocol):
             " xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
         )
 
-    async def expect(self, predicate: Callable[[domish.Element], bool], timeout: float = 5.0) -> domish.Element:
+    async def expect(self, predicate: Callable[[domish.Element], bool], timeout: float = 10.0) -> domish.Element:
         found = await until(lambda: next((s for s in self.stanzas if predicate(s)), None), timeout)
         self.stanzas.remove(found)
         return found
@@ -162,7 +162,7 @@ class JSONClient(WebSocketClientProtocol):
     def send(self, ftype: str, payload: dict[str, Any]) -> None:
         self.sendMessage(json.dumps({"type": ftype, "payload": payload}).encode("utf-8"))
 
-    async def expect(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
+    async def expect(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         found = await until(lambda: next((f for f in self.frames if predicate(f)), None), timeout)
         self.frames.remove(found)
         return found
@@ -356,7 +356,7 @@ def body(s: domish.Element) -> str | None:
 
 async def stored(node: Node, user: str, count: int) -> list[Any]:
     """Wait until C{user} has C{count} offline messages in the store; return them."""
-    deadline = reactor().seconds() + 5
+    deadline = reactor().seconds() + 10
     while True:
         messages = await node.server.store.getOffline(user)
         if len(messages) >= count or reactor().seconds() > deadline:
@@ -472,6 +472,7 @@ class CrossNodeTests(ClusterTestCase):
         """A message to a bare JID goes to the highest priority, whichever node holds it."""
         nodes = await self.startCluster("carol", "dave")
         low = await self.xmpp(nodes[0], "carol", "low", "<presence><priority>1</priority></presence>")
+        await self.converged(nodes, "carol@localhost/low")
         high = await self.xmpp(nodes[2], "carol", "high", "<presence><priority>5</priority></presence>")
         dave, _ = await self.json(nodes[1], "dave")
         for full in ("carol@localhost/low", "carol@localhost/high"):
@@ -482,7 +483,8 @@ class CrossNodeTests(ClusterTestCase):
         got = await high.expect(stanza("message", id="p1"))
         self.assertEqual(body(got), "to the best")
         # the sessions of one user see each other's presence across nodes
-        self.assertTrue([s for s in high.stanzas + low.stanzas if s.name == "presence"])
+        await high.expect(stanza("presence", **{"from": "carol@localhost/low"}))
+        await low.expect(stanza("presence", **{"from": "carol@localhost/high"}))
 
         high.send("<presence><priority>-1</priority></presence>")
         await until(lambda: nodes[1].router.session("carol@localhost", "high").priority == -1)
