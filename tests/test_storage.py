@@ -524,6 +524,64 @@ class StoreTestsMixin(_MixinBase):
         self.assertEqual(clock.getDelayedCalls(), [])
         await self.assertFailure(started, StoreUnavailable)
 
+    # ---- blocklist (XEP-0191) ------------------------------------------------------------
+
+    async def test_blocklist(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        self.assertEqual(await self.store.getBlocklist("alice"), [])
+        added = await self.store.addToBlocklist(
+            "alice", ["zed@localhost", "bob@localhost/phone", "example.org", "zed@localhost"]
+        )
+        # new ones only, once each, in the order given
+        self.assertEqual(added, ["zed@localhost", "bob@localhost/phone", "example.org"])
+        self.assertEqual(
+            await self.store.addToBlocklist("alice", ["example.org", "bob@localhost"]),
+            ["bob@localhost"],
+        )
+        self.assertEqual(
+            await self.store.getBlocklist("alice"),
+            ["bob@localhost", "bob@localhost/phone", "example.org", "zed@localhost"],
+        )
+        # one user's list is theirs alone
+        self.assertEqual(await self.store.getBlocklist("bob"), [])
+        await self.store.addToBlocklist("bob", ["alice@localhost"])
+        self.assertEqual(
+            await self.store.removeFromBlocklist("alice", ["zed@localhost", "nobody@x", "bob@localhost"]),
+            ["bob@localhost", "zed@localhost"],
+        )
+        self.assertEqual(await self.store.removeFromBlocklist("alice", []), [])
+        self.assertEqual(
+            await self.store.removeFromBlocklist("alice", None),
+            ["bob@localhost/phone", "example.org"],
+        )
+        self.assertEqual(await self.store.getBlocklist("alice"), [])
+        self.assertEqual(await self.store.getBlocklist("bob"), ["alice@localhost"])
+
+    async def test_blocklistManyAtOnce(self) -> None:
+        """More JIDs than one statement holds, added and removed in one call."""
+        await self.store.createUser("alice", CREDS)
+        jids = [f"u{i:04d}@example.org" for i in range(600)]
+        self.assertEqual(await self.store.addToBlocklist("alice", jids), jids)
+        self.assertEqual(await self.store.getBlocklist("alice"), jids)
+        self.assertEqual(await self.store.removeFromBlocklist("alice", jids[::2]), jids[::2])
+        self.assertEqual(await self.store.getBlocklist("alice"), jids[1::2])
+
+    async def test_blocklistUnknownUser(self) -> None:
+        self.assertEqual(await self.store.getBlocklist("nobody"), [])
+        await self.assertFailure(
+            self.store.addToBlocklist("nobody", ["bob@localhost"]), UnknownUser
+        )
+        await self.assertFailure(self.store.addToBlocklist("nobody", []), UnknownUser)
+        self.assertEqual(await self.store.removeFromBlocklist("nobody", None), [])
+
+    async def test_deleteUserDeletesBlocklist(self) -> None:
+        await self.store.createUser("alice", CREDS)
+        await self.store.addToBlocklist("alice", ["bob@localhost"])
+        await self.store.deleteUser("alice")
+        await self.store.createUser("alice", CREDS)
+        self.assertEqual(await self.store.getBlocklist("alice"), [])
+
 
 class SQLiteFileTests(StoreTestsMixin, unittest.TestCase):
     """The mixin against an SQLite file in the test's temporary directory."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 from typing import TYPE_CHECKING, Awaitable, Callable, Union
 
+from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 import xmppjson
@@ -44,6 +45,8 @@ class IQHandler:
     @ivar serverHandlers: payload namespace -> handler, for iqs to the server's domain.
     @ivar accountHandlers: payload namespace -> handler, for iqs to the user's own bare JID (or
         with no C{to}).
+    @ivar userHandlers: payload namespace -> handler, for iqs to another local user's bare JID,
+        which the server answers on that user's behalf (vCard, last activity).
     @ivar features: extra disco features (protocols that are not iq namespaces).
     """
 
@@ -53,6 +56,7 @@ class IQHandler:
         self.domain = server.domain
         self.serverHandlers: dict[str, Handler] = {}
         self.accountHandlers: dict[str, Handler] = {}
+        self.userHandlers: dict[str, Handler] = {}
         self.features: set[str] = {"msgoffline", "urn:xmpp:sid:0"}
         self.register(NS_PING, self._ping, server=True, account=True)
         self.register(NS_DISCO_INFO, self._discoInfo, server=True, account=True)
@@ -60,11 +64,14 @@ class IQHandler:
         self.register(NS_VERSION, self._version, server=True)
         self.register(NS_ROSTER, server.rosters.handleIQ, account=True)
 
-    def register(self, namespace: str, handler: Handler, server: bool = False, account: bool = False) -> None:
+    def register(self, namespace: str, handler: Handler, server: bool = False, account: bool = False,
+                 user: bool = False) -> None:
         if server:
             self.serverHandlers[namespace] = handler
         if account:
             self.accountHandlers[namespace] = handler
+        if user:
+            self.userHandlers[namespace] = handler
 
     def outbound(self, session: "Session", iq: domish.Element) -> None:
         itype = iq.getAttribute("type")
@@ -85,18 +92,48 @@ class IQHandler:
                 session.deliver(errorReply(iq, "remote-server-not-found", sender=self.domain))
             return
         bare = target.userhost()
+        if bare != session.bare and self._blocked(session, iq, target):
+            return
         if not target.resource:
             if bare == session.bare:
                 self._answer(session, iq, self.accountHandlers)
             elif itype in ("get", "set"):
-                # Another account answered by the server on its behalf: nothing here is public.
-                session.deliver(errorReply(iq, "service-unavailable", sender=self.domain))
+                payload = [c for c in iq.children if isinstance(c, domish.Element)]
+                if len(payload) == 1 and (payload[0].uri or "") in self.userHandlers:
+                    self.server.spawn(session, iq, self._answerOnBehalf(session, iq, target))
+                else:
+                    # Another account answered by the server on its behalf: nothing else here
+                    # is public.
+                    session.deliver(errorReply(iq, "service-unavailable", sender=self.domain))
             return
         peer = self.router.session(bare, target.resource)
         if peer is not None:
             peer.deliver(iq)
         elif itype in ("get", "set"):
             session.deliver(errorReply(iq, "service-unavailable", sender=self.domain))
+
+    def _blocked(self, session: Session, iq: domish.Element, target: JID) -> bool:
+        """
+        Blocking (XEP-0191) between the sender and another local user with a session: answered
+        here (and C{True} returned) when one of them blocks the other.
+        """
+        blocking = self.server.blocking
+        if not blocking.active:
+            return False
+        if blocking.refuseOutbound(session, iq, target):
+            return True
+        if blocking.blocks(target.user, session.jid):
+            if iq.getAttribute("type") in ("get", "set"):
+                session.deliver(errorReply(iq, "service-unavailable", sender=self.domain))
+            return True
+        return False
+
+    async def _answerOnBehalf(self, session: Session, iq: domish.Element, target: JID) -> None:
+        """An iq to another user's bare JID, for a service that answers for users."""
+        # That user may be offline, their blocklist not cached: this may read it.
+        if await self.server.blocking.isBlockedBy(target.user or "", session.jid):
+            raise ServiceUnavailable("no service here answers this")
+        self._answer(session, iq, self.userHandlers)
 
     def _answer(self, session: "Session", iq: domish.Element, handlers: dict[str, Handler]) -> None:
         if iq.getAttribute("type") in ("result", "error"):
@@ -120,7 +157,7 @@ class IQHandler:
         return iqResult(iq, self.domain if not iq.getAttribute("to") else None)
 
     def allFeatures(self) -> list[str]:
-        names = set(self.serverHandlers) | set(self.accountHandlers) | self.features
+        names = set(self.serverHandlers) | set(self.accountHandlers) | set(self.userHandlers) | self.features
         return sorted(names)
 
     def _discoInfo(self, session: "Session", iq: domish.Element, child: domish.Element) -> domish.Element:

@@ -17,7 +17,7 @@ from twisted.words.xish import domish
 
 from xmppjson.error import BadRequest
 from xmppjson.im import roster as R
-from xmppjson.im.stanzas import NS_CLIENT, childText, errorReply, makeElement, now, retarget, tryJID
+from xmppjson.im.stanzas import NS_CLIENT, childText, errorReply, makeElement, now, parseJID, retarget, tryJID
 from xmppjson.storage import RosterItem
 
 if TYPE_CHECKING:
@@ -45,6 +45,10 @@ class LastSeen:
         self._pending[localpart] = (now(self.server.reactor), presence, status)
         if self._call is None or not self._call.active():
             self._call = self.server.reactor.callLater(self.delay, self._flushSoon)
+
+    def pending(self, localpart: str) -> tuple[datetime.datetime, str, str] | None:
+        """The time, presence and status noted for a user and not yet written, if any."""
+        return self._pending.get(localpart)
 
     def _flushSoon(self) -> None:
         self._call = None
@@ -89,12 +93,12 @@ class PresenceHandler:
         to = presence.getAttribute("to")
         if ptype in ("subscribe", "subscribed", "unsubscribe", "unsubscribed"):
             target = self._contact(session, presence, to)
-            if target is not None:
-                self.server.spawn(session, presence, self.subscription(session, ptype, target, presence))
+            if target is not None and not self._refused(session, presence, target):
+                self.server.spawn(session, presence, self._subscriptionFromClient(session, ptype, target, presence))
             return
         if ptype == "probe":
             target = self._contact(session, presence, to)
-            if target is not None:
+            if target is not None and not self._refused(session, presence, target):
                 self.server.spawn(session, presence, self._probe(session, target))
             return
         if ptype == "error":
@@ -102,7 +106,7 @@ class PresenceHandler:
             jid = tryJID(to)
             if jid is not None and jid.resource:
                 peer = self.router.session(jid.userhost(), jid.resource)
-                if peer is not None:
+                if peer is not None and not self.server.blocking.separated(session.jid, peer.jid):
                     peer.deliver(presence)
             return
         if ptype not in (None, "unavailable"):
@@ -112,12 +116,24 @@ class PresenceHandler:
             if jid is None:
                 raise BadRequest("presence 'to' is not a valid JID", condition="jid-malformed")
             if jid.userhost() != session.bare:
-                self._directed(session, presence, jid, ptype)
+                if not self.server.blocking.refuseOutbound(session, presence, jid):
+                    self._directed(session, presence, jid, ptype)
                 return
         if ptype is None:
             self.available(session, presence)
         else:
             self.unavailable(session, presence)
+
+    def _refused(self, session: Session, presence: domish.Element, contact: str) -> bool:
+        """The user blocks the contact (XEP-0191): answered C{not-acceptable}."""
+        return self.server.blocking.refuseOutbound(session, presence, parseJID(contact))
+
+    async def _subscriptionFromClient(self, session: Session, ptype: str, contact: str, presence: domish.Element) -> None:
+        # A contact who blocks the user never hears of it, and their roster does not change
+        # (XEP-0191 section 3.3); they may be offline, their blocklist then read from the store.
+        if await self.server.blocking.isBlockedBy(contact.split("@", 1)[0], session.jid):
+            return
+        await self.subscription(session, ptype, contact, presence)
 
     def _contact(self, session: "Session", presence: domish.Element, to: Optional[str]) -> Optional[str]:
         jid = tryJID(to)
@@ -147,6 +163,8 @@ class PresenceHandler:
             if not -128 <= priority <= 127:
                 raise BadRequest("priority must be between -128 and 127")
         first = session.presence is None
+        # XEP-0153: the avatar hash the server knows, whatever the client said.
+        self.server.vcards.stampPresence(session.localpart, presence)
         session.presence = presence
         session.priority = priority
         session.receivesMessages = True
@@ -158,9 +176,10 @@ class PresenceHandler:
     def _broadcast(self, session: "Session", presence: domish.Element) -> None:
         """To every contact with a 'from' subscription, and the user's other resources."""
         roster = self.rosters.cached(session.localpart) or {}
+        screen = self.server.blocking.screen
         for item in roster.values():
             if item.subscription in ("from", "both"):
-                targets = self.router.availableSessionsOf(item.jid)
+                targets = screen(session.jid, self.router.availableSessionsOf(item.jid))
                 if targets:
                     copy = retarget(presence, item.jid)
                     for target in targets:
@@ -169,17 +188,31 @@ class PresenceHandler:
             if other is not session:
                 other.deliver(retarget(presence, other.full))
 
+    def refresh(self, session: Session) -> None:
+        """
+        Broadcast an available session's presence again, stamped anew: its user's avatar
+        changed on the server (XEP-0153), and contacts learn it from presence.
+        """
+        if session.presence is None:
+            return
+        presence = retarget(session.presence, None)
+        presence.children = list(presence.children)
+        self.server.vcards.stampPresence(session.localpart, presence)
+        session.presence = presence
+        self._broadcast(session, presence)
+
     def _initial(self, session: "Session") -> None:
         """
         First available presence: the contacts' presence (probes answered from their live
         sessions), the user's other resources, pending subscription requests, offline messages.
         """
         roster = self.rosters.cached(session.localpart) or {}
+        blocking = self.server.blocking
         for item in roster.values():
             if item.subscription in ("to", "both"):
-                for contact in self.router.availableSessionsOf(item.jid):
+                for contact in blocking.screen(session.jid, self.router.availableSessionsOf(item.jid)):
                     session.deliver(retarget(contact.presence, session.full))
-            if item.pendingIn:
+            if item.pendingIn and not (blocking.active and blocking.separated(session.jid, parseJID(item.jid))):
                 request = makeElement("presence", type="subscribe", to=session.bare)
                 request["from"] = item.jid
                 session.deliver(request)
@@ -202,10 +235,11 @@ class PresenceHandler:
         told: set[str] = set()
         if session.presence is not None:
             roster = self.rosters.cached(session.localpart) or {}
+            screen = self.server.blocking.screen
             for item in roster.values():
                 if item.subscription in ("from", "both"):
                     told.add(item.jid)
-                    targets = self.router.availableSessionsOf(item.jid)
+                    targets = screen(session.jid, self.router.availableSessionsOf(item.jid))
                     if targets:
                         copy = retarget(presence, item.jid)
                         for target in targets:
@@ -232,6 +266,8 @@ class PresenceHandler:
         """Directed presence (RFC 6121 4.6) to a local user, remembered for the final unavailable."""
         if jid.host != self.domain:
             return
+        if self.server.blocking.blocks(jid.user, session.jid):
+            return  # XEP-0191: a blocked sender's presence is dropped without an answer
         address = jid.full()
         if ptype is None:
             session.directedTo.add(address)
@@ -240,20 +276,25 @@ class PresenceHandler:
         self._deliverPresence(presence, jid)
 
     def _deliverPresence(self, presence: domish.Element, jid) -> None:
+        frm = tryJID(presence.getAttribute("from"))
         if jid.resource:
             target = self.router.session(jid.userhost(), jid.resource)
-            if target is not None:
+            if target is not None and not (frm is not None and self.server.blocking.separated(frm, target.jid)):
                 target.deliver(presence)
             return
-        for target in self.router.availableSessionsOf(jid.userhost()):
+        targets = self.router.availableSessionsOf(jid.userhost())
+        for target in targets if frm is None else self.server.blocking.screen(frm, targets):
             target.deliver(presence)
 
     async def _probe(self, session: "Session", contact: str) -> None:
         """An explicit probe: answered with the contact's presence if the user may see it."""
-        roster = await self.rosters.get(contact.split("@", 1)[0])
+        contactPart = contact.split("@", 1)[0]
+        if await self.server.blocking.isBlockedBy(contactPart, session.jid):
+            return  # XEP-0191: no answer to a blocked prober
+        roster = await self.rosters.get(contactPart)
         if not R.hasFrom(roster.get(session.bare)):
             return
-        sessions = self.router.availableSessionsOf(contact)
+        sessions = self.server.blocking.screen(session.jid, self.router.availableSessionsOf(contact))
         for peer in sessions:
             session.deliver(retarget(peer.presence, session.full))
         if not sessions:
@@ -276,6 +317,11 @@ class PresenceHandler:
 
     def _deliverToUser(self, bare: str, stanza: domish.Element) -> None:
         """Subscription stanzas go to every session that can show them."""
+        blocking = self.server.blocking
+        if blocking.active:
+            frm = tryJID(stanza.getAttribute("from"))
+            if frm is not None and blocking.separated(frm, parseJID(bare)):
+                return  # XEP-0191: nothing passes between a user and whom they block
         for target in self.router.sessionsOf(bare):
             if target.presence is not None or target.interested:
                 target.deliver(stanza)
@@ -375,7 +421,7 @@ class PresenceHandler:
         self._deliverToUser(bare, stanza or self._subscriptionStanza("subscribed", contact, bare))
         for peer in self.router.availableSessionsOf(contact):
             copy = retarget(peer.presence, bare)
-            for target in self.router.availableSessionsOf(bare):
+            for target in self.server.blocking.screen(peer.jid, self.router.availableSessionsOf(bare)):
                 target.deliver(copy)
 
     async def _inboundUnsubscribed(self, part: str, roster: R.Roster, contact: str, bare: str, stanza: Optional[domish.Element] = None) -> None:

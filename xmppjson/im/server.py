@@ -28,11 +28,15 @@ from twisted.words.xish import domish
 
 from xmppjson.config import Config
 from xmppjson.error import ResourceConstraint, asError
+from xmppjson.im.blocking import Blocking
+from xmppjson.im.carbons import Carbons, isCarbon
 from xmppjson.im.iq import IQHandler
+from xmppjson.im.last import LastActivity
 from xmppjson.im.message import MessageHandler
 from xmppjson.im.presence import PresenceHandler
 from xmppjson.im.roster import RosterManager
 from xmppjson.im.stanzas import errorReply
+from xmppjson.im.vcard import VCards
 from xmppjson.router import Router
 from xmppjson.session import Session
 
@@ -46,6 +50,10 @@ class IMServer:
     @ivar presence: L{PresenceHandler}.
     @ivar messages: L{MessageHandler}.
     @ivar iq: L{IQHandler} (register more iq services on it).
+    @ivar vcards: L{VCards}, profiles as vCards and avatar hashes (XEP-0054, XEP-0153).
+    @ivar last: L{LastActivity} (XEP-0012).
+    @ivar blocking: L{Blocking}, blocklists (XEP-0191).
+    @ivar carbons: L{Carbons}, message carbons (XEP-0280).
     """
 
     log = Logger()
@@ -61,6 +69,15 @@ class IMServer:
         self.presence = PresenceHandler(self)
         self.messages = MessageHandler(self)
         self.iq = IQHandler(self)
+        # Also after messages and iq.  Blocking filters messages before routing; carbons
+        # observe them after.
+        self.vcards = VCards(self)
+        self.last = LastActivity(self)
+        self.blocking = Blocking(self)
+        self.carbons = Carbons(self)
+        # Sessions of each user being opened (between the checks and the router): their
+        # user's caches must not be released by another session ending meanwhile.
+        self._opening: dict[str, int] = {}
         self._handlers = {
             "message": self.messages.outbound,
             "presence": self.presence.outbound,
@@ -99,16 +116,30 @@ class IMServer:
                 f"too many sessions for {session.bare} (at most {self.config.maxSessionsPerUser})",
                 condition="policy-violation",
             )
-        await self.rosters.load(session.localpart)
+        localpart = session.localpart
+        self._opening[localpart] = self._opening.get(localpart, 0) + 1
+        try:
+            # The per-user caches a live session needs, read in parallel: one round trip's wait.
+            loads: list[defer.Deferred[Any]] = [
+                defer.Deferred.fromCoroutine(self.rosters.load(localpart)),
+                defer.Deferred.fromCoroutine(self.blocking.load(localpart)),
+                defer.Deferred.fromCoroutine(self.vcards.load(localpart)),
+            ]
+            await defer.gatherResults(loads, consumeErrors=True)
+        except defer.FirstError as e:
+            self._doneOpening(localpart)
+            self._releaseIfIdle(localpart, session.bare)
+            e.subFailure.raiseException()
+        self._doneOpening(localpart)
         if not session.active:
-            if not self.router.hasSessions(session.bare):
-                self.rosters.release(session.localpart)
+            self._releaseIfIdle(localpart, session.bare)
             return
         replaced = self.router.add(session)
         if replaced is not None:
             self._ended(replaced)
             replaced.active = False
             replaced.close("conflict", "replaced by a new session with the same resource")
+        self.carbons.opened(session)
         self.log.info("{door} session {jid} opened", door=session.door, jid=session.full)
         if session.receivesMessages:
             self.messages.deliverOffline(session)
@@ -127,12 +158,42 @@ class IMServer:
             self.presence.unavailable(session)
         except Exception:
             self.log.failure("Broadcasting unavailable for {s} failed", s=session)
-        if not self.router.hasSessions(session.bare):
-            self.rosters.release(session.localpart)
+        self.carbons.ended(session)
+        self.blocking.ended(session)
+        self._releaseIfIdle(session.localpart, session.bare)
+
+    def _doneOpening(self, localpart: str) -> None:
+        count = self._opening.get(localpart, 0) - 1
+        if count > 0:
+            self._opening[localpart] = count
+        else:
+            self._opening.pop(localpart, None)
+
+    def _releaseIfIdle(self, localpart: str, bare: str) -> None:
+        """Drop a user's caches once no session of theirs is left or being opened."""
+        if self.router.hasSessions(bare) or localpart in self._opening:
+            return
+        self.rosters.release(localpart)
+        self.blocking.release(localpart)
+        self.vcards.release(localpart)
 
     def undeliverable(self, session: Session, element: domish.Element) -> None:
-        if element.name == "message":
+        # A carbon copy that could not be written is dropped: routed again it would reach the
+        # user's other sessions as a second copy (XEP-0280 section 10.3).
+        if element.name == "message" and not isCarbon(element):
             self.messages.undeliverable(session, element)
+
+    def profileChanged(self, localpart: str, profile: dict[str, Any] | None = None) -> defer.Deferred[None]:
+        """
+        A user's profile changed outside the XMPP protocols (the REST door's C{PATCH /me}):
+        their presence then advertises the new avatar (XEP-0153).  Never fails.
+
+        @param profile: the new profile when the caller has it (at least C{avatar}); else
+            it is read from the store.
+        """
+        d = defer.Deferred.fromCoroutine(self.vcards.profileChanged(localpart, profile))
+        d.addErrback(lambda f: self.log.failure("Refreshing the profile of {u} failed", f, u=localpart))
+        return d
 
     def deliverOffline(self, session: Session) -> None:
         self.messages.deliverOffline(session)

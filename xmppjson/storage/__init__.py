@@ -228,6 +228,26 @@ class IStore(Interface):
         ignored); fires with how many were deleted.
         """
 
+    # ---- blocklist (XEP-0191), schema version 2 ----
+
+    def getBlocklist(localpart: str) -> Any:
+        """
+        Fire with the JIDs the user blocks (strings, as stored), sorted; C{[]} for a user
+        with none, and for an unknown user.
+        """
+
+    def addToBlocklist(localpart: str, jids: list[str]) -> Any:
+        """
+        Add JIDs to the user's blocklist, atomically; fires with those that were not in it
+        yet (in the order given); fails with L{UnknownUser}.
+        """
+
+    def removeFromBlocklist(localpart: str, jids: list[str] | None) -> Any:
+        """
+        Remove JIDs from the user's blocklist (C{None}: every one); fires with those that
+        were in it, sorted.
+        """
+
 
 def openStore(url: str, reactor: Any = None) -> Any:
     """

@@ -132,6 +132,20 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
     # Version 2 and later (the message archive, ...) are appended here.
     (
+        2,
+        [
+            # The blocklist (XEP-0191): one row per blocked address, as the normalised JID
+            # string the client named (a bare or full JID, a domain, or domain/resource).
+            # The primary key serves the only lookup, "every item of one user".
+            (
+                "CREATE TABLE blocklist ("
+                " localpart TEXT NOT NULL REFERENCES users (localpart) ON DELETE CASCADE,"
+                " jid TEXT NOT NULL,"
+                " PRIMARY KEY (localpart, jid))"
+            ),
+        ],
+    ),
+    (
         4,
         [
             # Clustering (xmppjson.cluster, docs/clustering.md): only nodes started with the

@@ -733,3 +733,71 @@ class SQLStore:
             )
         results = await self._batch(statements)
         return sum(len(rows) for rows in results)
+
+    # ---------------------------------------------------------------- blocklist (XEP-0191)
+
+    # JIDs per statement: two parameters each, far below SQLite's parameter limit.
+    _BLOCKLIST_CHUNK = 250
+
+    @_deferred
+    async def getBlocklist(self, localpart: str) -> list[str]:
+        """Fire with the JIDs the user blocks, sorted (C{[]} for an unknown user)."""
+        rows = await self._fetch(
+            "SELECT jid FROM blocklist WHERE localpart = %s ORDER BY jid", (localpart,)
+        )
+        return [jid for (jid,) in rows]
+
+    @_deferred
+    async def addToBlocklist(self, localpart: str, jids: list[str]) -> list[str]:
+        """
+        Add JIDs to the blocklist in one transaction; fires with the ones that were new, in
+        the order given; fails with L{UnknownUser}.
+        """
+        unique = list(dict.fromkeys(jids))
+        if not unique:
+            if not await self.userExists(localpart):
+                raise UnknownUser(f"no user {localpart!r}")
+            return []
+        statements: list[Statement] = []
+        step = self._BLOCKLIST_CHUNK
+        for start in range(0, len(unique), step):
+            chunk = unique[start : start + step]
+            marks = ", ".join(["(%s, %s)"] * len(chunk))
+            params: list[Any] = []
+            for jid in chunk:
+                params.extend((localpart, jid))
+            sql = (
+                f"INSERT INTO blocklist (localpart, jid) VALUES {marks}"
+                " ON CONFLICT (localpart, jid) DO NOTHING RETURNING jid"
+            )
+            statements.append((sql, params))
+        try:
+            results = await self._batch(statements)
+        except IntegrityViolation:
+            raise UnknownUser(f"no user {localpart!r}") from None
+        added = {row[0] for rows in results for row in rows}
+        return [jid for jid in unique if jid in added]
+
+    @_deferred
+    async def removeFromBlocklist(self, localpart: str, jids: list[str] | None) -> list[str]:
+        """
+        Remove JIDs from the blocklist (C{None}: all of them); fires with the ones that were
+        there, sorted.
+        """
+        if jids is None:
+            rows = await self._fetch(
+                "DELETE FROM blocklist WHERE localpart = %s RETURNING jid", (localpart,)
+            )
+            return sorted(jid for (jid,) in rows)
+        unique = sorted(set(jids))
+        if not unique:
+            return []
+        statements: list[Statement] = []
+        step = self._BLOCKLIST_CHUNK
+        for start in range(0, len(unique), step):
+            chunk = unique[start : start + step]
+            marks = ", ".join(["%s"] * len(chunk))
+            sql = f"DELETE FROM blocklist WHERE localpart = %s AND jid IN ({marks}) RETURNING jid"
+            statements.append((sql, (localpart, *chunk)))
+        results = await self._batch(statements)
+        return sorted(row[0] for rows in results for row in rows)
