@@ -210,3 +210,31 @@ class LimitOptionsTests(unittest.TestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 self.parse(*argv)
             self.assertIn(words, str(caught.exception))
+
+
+class ClusterOptionsTests(unittest.TestCase):
+    def parse(self, *argv: str) -> tap.Options:
+        options = tap.Options(reactor=MemoryReactorClock())
+        options.parseOptions(list(argv))
+        return options
+
+    def test_clusterReachesConfig(self) -> None:
+        config = self.parse("--db", "postgresql://u:p@localhost/x", "--cluster", "--node-name", "node-1",
+                            "--cluster-heartbeat", "1", "--cluster-timeout", "5").toConfig()
+        self.assertTrue(config.cluster)
+        self.assertEqual((config.nodeName, config.clusterHeartbeat, config.clusterTimeout), ("node-1", 1, 5))
+
+    def test_clusterNeedsPostgreSQL(self) -> None:
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--cluster")
+        self.assertIn("postgresql://", str(caught.exception))
+
+    def test_badClusterValues(self) -> None:
+        pg = ["--db", "postgresql://u:p@localhost/x", "--cluster"]
+        for extra, words in [
+            (["--node-name", "no spaces"], "--node-name"),
+            (["--cluster-timeout", "1", "--cluster-heartbeat", "2"], "greater than"),
+        ]:
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse(*pg, *extra)
+            self.assertIn(words, str(caught.exception))

@@ -8,6 +8,7 @@ hands it to L{xmppjson.service.makeServer}, which tests call directly.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,7 @@ class Options(usage.Options):
 
     optFlags = [
         ["allow-plaintext", None, "Allow SASL PLAIN on unencrypted streams (loopback, tests)."],
+        ["cluster", None, "Run as one node of a cluster sharing the PostgreSQL --db (docs/clustering.md)."],
         ["verbose", "v", "Log wire traffic."],
     ]
 
@@ -107,6 +109,12 @@ class Options(usage.Options):
          _nonNegative("handshake-timeout")],
         ["idle-timeout", None, 0.0, "Seconds of silence before an XMPP stream is closed; 0: never.",
          _nonNegative("idle-timeout")],
+        ["node-name", None, "", "This node's name in a cluster, unique and stable (default: the host name)."],
+        ["cluster-heartbeat", None, 2.0, "Seconds between two heartbeats of a cluster node.",
+         _nonNegative("cluster-heartbeat")],
+        ["cluster-timeout", None, 10.0, "Seconds without a heartbeat before a node is declared dead.",
+         _nonNegative("cluster-timeout")],
+        ["cluster-channel", None, "xj", "NOTIFY channel prefix (only when two clusters share a database)."],
     ]
 
     def opt_allowed_origin(self, origin: str) -> None:
@@ -148,6 +156,15 @@ class Options(usage.Options):
             )
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["cluster"]:
+            if not db.startswith(("postgresql://", "postgres://")):
+                raise usage.UsageError("--cluster needs a postgresql:// --db: the database is what the nodes share")
+            if self["node-name"] and not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", self["node-name"]):
+                raise usage.UsageError("--node-name must be 1 to 40 letters, digits, '_' or '-'")
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,15}", self["cluster-channel"]):
+                raise usage.UsageError("--cluster-channel must be a short lowercase identifier")
+            if self["cluster-timeout"] <= self["cluster-heartbeat"]:
+                raise usage.UsageError("--cluster-timeout must be greater than --cluster-heartbeat")
         for name in ("tls-cert", "tls-key"):
             if self[name] and not os.path.isfile(self[name]):
                 raise usage.UsageError(f"--{name} {self[name]!r}: no such file")
@@ -177,6 +194,11 @@ class Options(usage.Options):
             handshakeTimeout=self["handshake-timeout"],
             idleTimeout=self["idle-timeout"],
             allowedOrigins=tuple(self.get("allowed-origins", ())),
+            cluster=bool(self["cluster"]),
+            nodeName=self["node-name"],
+            clusterHeartbeat=self["cluster-heartbeat"],
+            clusterTimeout=self["cluster-timeout"],
+            clusterChannel=self["cluster-channel"],
         )
 
 
