@@ -1315,8 +1315,12 @@ class BackpressureTests(unittest.TestCase):
         for _ in range(200):
             session.deliver(message)
         self.assertTrue(wire.transport.disconnected)
+        # Handed back once the session has left the core (in the next turn).
+        self.assertEqual(handedBack, [])
+        fx.clock.advance(0)
+        self.assertFalse(session.active)
         self.assertGreater(len(handedBack), 0)
-        self.assertLess(len(handedBack), 200)
+        self.assertEqual(len(bodies(wire.take())) + len(handedBack), 200)
 
 
 class FeaturesTests(unittest.TestCase):
@@ -2327,3 +2331,35 @@ class ClosingSessionTests(unittest.TestCase):
         back.send("<presence/>")
         message = await back.waitFor("message")
         self.assertEqual(bodies([message]), ["later"])
+
+    async def test_cutSlowReaderLeavesTheCore(self) -> None:
+        """
+        A client cut for not reading is unroutable from that moment: messages for it (to its
+        bare JID, with the real core) go offline instead of looping back to it.
+        """
+        fx = await C2SFixture(self, allowPlaintext=True, maxStanzaSize=16 * 1024).start(
+            "juliet", "romeo"
+        )
+        juliet = await fx.login("juliet", "balcony")
+        juliet.send("<presence/>")
+        romeo = await fx.login("romeo", "garden")
+        juliet.protocol.pauseProducing()
+        big = "x" * 8000
+        for n in range(200):
+            romeo.send(chat("juliet@localhost", f"{n} {big}", f"m{n}"))
+        self.assertTrue(juliet.transport.disconnected)
+        fx.clock.advance(0)
+        self.assertIsNone(fx.im.router.session("juliet@localhost", "balcony"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([e for e in romeo.take() if e.name == "message"], [])
+        written = len(bodies(juliet.take()))
+        back = await fx.login("juliet", "tower")
+        back.send("<presence/>")
+        stored: list[domish.Element] = []
+
+        def allThere() -> bool:
+            stored.extend(e for e in back.take() if e.name == "message")
+            return written + len(stored) >= 200
+
+        await waitUntil(allThere)
+        self.assertEqual(written + len(stored), 200)

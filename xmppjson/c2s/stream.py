@@ -1,10 +1,13 @@
 """
 The native XMPP door: client-to-server XML streams (RFC 6120) on TCP.
 
-This module only negotiates: the stream header, STARTTLS, SASL, resource binding and the legacy
-session.  Once a resource is bound, every stanza the client sends goes unchanged to the IM core
-(C{im.receive(session, element)}), and every stanza the core hands to the session's
-L{C2SSession.deliver} is serialised onto the wire.  The door translates nothing.
+This module negotiates: the stream header, STARTTLS, SASL (with failed-login throttling),
+in-band registration (L{xmppjson.c2s.register}), resource binding or XEP-0198 resumption, and the
+legacy session.  Once a resource is bound, every stanza the client sends goes unchanged to the
+IM core (C{im.receive(session, element)}), and every stanza the core hands to the session's
+L{C2SSession.deliver} is serialised onto the wire.  The door translates nothing; what it adds
+is about the connection: stream management acks and resumption (L{xmppjson.c2s.sm}), client
+state indication (L{xmppjson.c2s.csi}), and an inbound rate limit that pauses reading.
 
 The pieces, on Twisted's own XMPP stream classes:
 
@@ -321,7 +324,12 @@ class C2SSession(Session):
         if sm is not None and sm.detached:
             sm.queue(element)
             return
-        if self._held is not None and not stream.closing and not stream.lost:
+        if not self.finished:
+            # Not bound yet (written after the bind result), or the stream is going and the
+            # session will finish() any moment: while it is still routable, handing a stanza
+            # back to the core would route it straight back here.  finish() hands these back.
+            if self._held is None:
+                self._held = []
             self._held.append(element)
             return
         self._undeliverable(element)
@@ -839,7 +847,9 @@ class C2SStream(xmlstream.XmlStream):
     """
     One client connection.
 
-    @ivar session: the L{C2SSession}, from the start of binding on.
+    @ivar session: the L{C2SSession}, from the start of binding (or a resumption) on; C{None}
+        again if another stream resumed it.
+    @ivar addressKey: the client's address as the throttles count it (IPv6: its /64).
     @ivar secure: whether the connection is encrypted (STARTTLS done, or a TLS listener).
     @ivar writable: whether L{C2SSession.deliver} may write (bound and not closing).
     @ivar closing: we sent (or are sending) C{</stream:stream>}; input is ignored.
@@ -1355,6 +1365,11 @@ class C2SStream(xmlstream.XmlStream):
             self.closing = True
             self.writable = False
             self.transport.abortConnection()
+            session = self.session
+            if session is not None and session.stream is self:
+                # Out of the core in the next turn (not from inside a delivery); what it is
+                # handed meanwhile waits in the session and goes back to the core then.
+                self._callLater(0, session.finish)
 
     # -- output ----------------------------------------------------------------------------
 
@@ -1459,6 +1474,10 @@ class C2SFactory(xmlstream.XmlStreamServerFactory):
         and C{--allow-plaintext} is not given).
     @ivar secret: keys the fake SCRAM salts of unknown users (stable for the process).
     @ivar streams: the open connections, for shutdown.
+    @ivar smSessions: XEP-0198 sessions that may be resumed, by resumption id.
+    @ivar addressFailures: failed logins per address key.
+    @ivar accountFailures: failed logins per account.
+    @ivar registration: XEP-0077 (L{Registration}).
     """
 
     protocol = C2SStream  # type: ignore[assignment]
