@@ -1633,10 +1633,20 @@ class StreamManagementTests(unittest.TestCase):
         self.assertIn((NS_SM, "handled-count-too-high"), conditions)
 
     async def test_badAck(self) -> None:
-        _, juliet, _ = await self.pair()
-        enableSM(juliet)
-        juliet.send(f"<a xmlns='{NS_SM}' h='-1'/>")
-        self.assertEqual(juliet.streamError(), "bad-format")
+        for h in ("-1", "1.0", "", "4294967296", "\u00b2", "\u0663", "0x1"):
+            _, juliet, _ = await self.pair()
+            enableSM(juliet)
+            juliet.send(f"<a xmlns='{NS_SM}' h='{h}'/>")
+            self.assertEqual(juliet.streamError(), "bad-format", h)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_parseCount(self) -> None:
+        from xmppjson.c2s.sm import parseCount
+
+        self.assertEqual(parseCount("0"), 0)
+        self.assertEqual(parseCount("4294967295"), 4294967295)
+        for bad in (None, "", "-1", "+1", " 1", "4294967296", "\u00b2", "\u0663", "99999999999"):
+            self.assertIsNone(parseCount(bad), bad)
 
     async def test_requestWithoutSM(self) -> None:
         _, juliet, _ = await self.pair()

@@ -62,7 +62,8 @@ def newResumptionId() -> str:
 
 def parseCount(value: str | None) -> int | None:
     """An C{h} attribute as an integer in [0, 2^32), or C{None} if it is not one."""
-    if value is None or not value.isdigit() or len(value) > 10:
+    # isascii(): str.isdigit() also accepts "²", which int() refuses, and "٣", which it reads.
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 10:
         return None
     count = int(value)
     return count if count < MAX_SEQ else None
