@@ -187,3 +187,28 @@ class CrossDoorTests(unittest.TestCase):
         [late] = again.take("message")
         self.assertEqual(late["payload"]["id"], "o3")
         self.assertIn("delay", late["payload"])
+
+
+class ProfileAcrossDoorsTests(unittest.TestCase):
+    @_d
+    async def test_restAvatarReachesXMPPContactsAsPhotoHash(self):
+        import hashlib
+
+        from tests.helpers import RestClient
+
+        server = await Server(self).start("romeo", "juliet")
+        romeo, juliet, julietJID = await CrossDoorTests.friends(self, server)
+        rest = RestClient(server.site.resource)
+        token = await server.token("juliet")
+        picture = b"\x89PNG\r\n\x1a\n not really a picture"
+        avatar = "data:image/png;base64," + base64.b64encode(picture).decode()
+        response = await rest.patch("/me", json={"avatar": avatar}, token=token)
+        self.assertEqual(response.code, 200)
+        presence = await server.next(romeo, "presence")
+        update = child(presence, "x", "vcard-temp:x:update")
+        self.assertEqual(str(child(update, "photo")), hashlib.sha1(picture).hexdigest())
+        # The XMPP contact reads the same picture from the vCard.
+        romeo.send("<iq type='get' id='v1' to='juliet@localhost'><vCard xmlns='vcard-temp'/></iq>")
+        result = await server.next(romeo, "iq")
+        photo = child(child(result, "vCard", "vcard-temp"), "PHOTO")
+        self.assertEqual(base64.b64decode(str(child(photo, "BINVAL"))), picture)

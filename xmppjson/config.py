@@ -32,6 +32,7 @@ class Config:
     maxStanzaSizePreAuth: int = 16 * 1024
     maxFrameSize: int = 256 * 1024
     maxHTTPBody: int = 64 * 1024
+    maxAvatarSize: int = 48 * 1024  # base64 characters of a vCard photo; fits in a REST body
     maxSessionsPerUser: int = 20
     maxConnectionsPerAddress: int = 0  # 0 = unlimited
     handshakeTimeout: float = 60.0

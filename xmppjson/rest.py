@@ -643,16 +643,25 @@ class RestResource(resource.Resource):
                 errors.append({"field": key, "message": message})
             elif value is not None and not isinstance(value, str):
                 errors.append({"field": key, "message": "must be a string or null"})
-            elif value is not None and len(value) > MAX_PROFILE_VALUE:
+            elif value is not None and len(value) > self._maxLength(key):
                 errors.append(
-                    {"field": key, "message": f"longer than {MAX_PROFILE_VALUE} characters"}
+                    {"field": key, "message": f"longer than {self._maxLength(key)} characters"}
                 )
         if errors:
             raise Unprocessable(errors)
         if body:
             await self.store.updateProfile(localpart, dict(body))
         profile = await self._profile(localpart)
+        if "avatar" in body:
+            # The profile is the user's vCard: contacts learn of a new avatar from presence.
+            await self.im.profileChanged(localpart, profile)
         return Reply(200, profileBody(self.accounts.bareJID(localpart), profile))
+
+    def _maxLength(self, field: str) -> int:
+        """Profile values are short texts; the avatar is a data: URL as large as a vCard photo."""
+        if field == "avatar":
+            return max(MAX_PROFILE_VALUE, self.config.maxAvatarSize + 256)
+        return MAX_PROFILE_VALUE
 
     async def postPassword(
         self, request: server.Request, params: dict[str, str], body: Any, localpart: str
