@@ -2152,6 +2152,17 @@ class RegistrationTests(unittest.TestCase):
         fx.clock.advance(601)
         self.assertEqual((await self.register(fx, "a3", "secret123", "10.0.0.7"))["type"], "result")
 
+    def test_addressKey(self) -> None:
+        from xmppjson.c2s.register import addressKey
+
+        self.assertEqual(addressKey("10.1.2.3"), "10.1.2.3")
+        self.assertEqual(addressKey("2001:db8::1"), "2001:db8::/64")
+        self.assertEqual(addressKey("2001:db8::1:2:3:4"), "2001:db8::/64")
+        self.assertEqual(addressKey("::ffff:10.1.2.3"), "10.1.2.3")
+        self.assertEqual(addressKey("::1"), "::1")
+        self.assertEqual(addressKey("::2"), "::/64")
+        self.assertEqual(addressKey("unix-socket"), "unix-socket")
+
     async def test_throttleIPv6Prefix(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True, registrationsPerAddress=1).start()
         self.assertEqual((await self.register(fx, "v1", "secret123", "2001:db8::1"))["type"], "result")

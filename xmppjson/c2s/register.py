@@ -52,6 +52,8 @@ def addressKey(host: str) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
+        if address.is_loopback:
+            return str(address)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 
