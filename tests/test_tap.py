@@ -238,3 +238,19 @@ class ClusterOptionsTests(unittest.TestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 self.parse(*pg, *extra)
             self.assertIn(words, str(caught.exception))
+
+
+class ThrottleOptionsTests(unittest.TestCase):
+    def test_throttlesReachConfig(self) -> None:
+        options = tap.Options(reactor=MemoryReactorClock())
+        options.parseOptions(["--sm-resume-timeout", "0", "--auth-failure-limit", "3", "--auth-failure-period", "30",
+                              "--registrations-per-address", "0", "--registration-exempt", "10.0.0.1, ::1"])
+        config = options.toConfig()
+        self.assertEqual((config.smResumeTimeout, config.authFailureLimit, config.authFailurePeriod), (0, 3, 30))
+        self.assertEqual(config.registrationsPerAddress, 0)
+        self.assertEqual(config.registrationExempt, ("10.0.0.1", "::1"))
+
+    def test_periodMustBePositive(self) -> None:
+        options = tap.Options(reactor=MemoryReactorClock())
+        with self.assertRaises(usage.UsageError):
+            options.parseOptions(["--auth-failure-period", "0"])

@@ -112,6 +112,21 @@ class Options(usage.Options):
          _nonNegative("handshake-timeout")],
         ["idle-timeout", None, 0.0, "Seconds of silence before an XMPP stream is closed; 0: never.",
          _nonNegative("idle-timeout")],
+        ["sm-resume-timeout", None, 300.0,
+         "Seconds a dropped XMPP stream (XEP-0198) may be resumed; 0: acks only, no resumption.",
+         _nonNegative("sm-resume-timeout")],
+        ["auth-failure-limit", None, 5,
+         "Failed logins per account and per address within --auth-failure-period before further "
+         "attempts are refused for a while; 0: no limit.", _nonNegative("auth-failure-limit", int)],
+        ["auth-failure-period", None, 60.0, "Seconds over which failed logins are counted.",
+         _nonNegative("auth-failure-period")],
+        ["registrations-per-address", None, 5,
+         "Registrations per address within --registration-period; 0: no limit.",
+         _nonNegative("registrations-per-address", int)],
+        ["registration-period", None, 600.0, "Seconds over which registrations are counted.",
+         _nonNegative("registration-period")],
+        ["registration-exempt", None, "127.0.0.1,::1",
+         "Comma-separated addresses never throttled for registration."],
         ["node-name", None, "", "This node's name in a cluster, unique and stable (default: the host name)."],
         ["cluster-heartbeat", None, 2.0, "Seconds between two heartbeats of a cluster node.",
          _nonNegative("cluster-heartbeat")],
@@ -159,6 +174,9 @@ class Options(usage.Options):
             )
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
+        for name in ("auth-failure-period", "registration-period"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be greater than 0")
         if self["cluster"]:
             if not db.startswith(("postgresql://", "postgres://")):
                 raise usage.UsageError("--cluster needs a postgresql:// --db: the database is what the nodes share")
@@ -198,6 +216,12 @@ class Options(usage.Options):
             handshakeTimeout=self["handshake-timeout"],
             idleTimeout=self["idle-timeout"],
             allowedOrigins=tuple(self.get("allowed-origins", ())),
+            smResumeTimeout=self["sm-resume-timeout"],
+            authFailureLimit=self["auth-failure-limit"],
+            authFailurePeriod=self["auth-failure-period"],
+            registrationsPerAddress=self["registrations-per-address"],
+            registrationPeriod=self["registration-period"],
+            registrationExempt=tuple(a.strip() for a in self["registration-exempt"].split(",") if a.strip()),
             cluster=bool(self["cluster"]),
             nodeName=self["node-name"],
             clusterHeartbeat=self["cluster-heartbeat"],
