@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
+import math
 import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from scramp.utils import ScramException, saslprep
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
@@ -23,7 +25,8 @@ from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from xmppjson import scram
 from xmppjson.config import Config
-from xmppjson.error import Forbidden, NotAuthorized, Unprocessable
+from xmppjson.error import Forbidden, NotAuthorized, PolicyViolation, Unprocessable
+from xmppjson.limits import FailureThrottle
 from xmppjson.storage import Credentials, ScramKeys
 
 _T = TypeVar("_T")
@@ -50,6 +53,54 @@ def hashToken(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def addressKey(address: str | None) -> str | None:
+    """
+    The key under which a client address is throttled: an IPv4 address as it is, an IPv6 one
+    by its /64 (one subscriber usually holds a whole /64, so counting single addresses would let
+    it rotate through them) except the loopback address, an IPv4-mapped IPv6 address as the
+    IPv4 address (the same rule as the XMPP door's C{xmppjson.c2s.register.addressKey}).  Anything that is
+    not an IP address (a Unix socket path, a test's name) is its own key; C{None} stays C{None}.
+    """
+    if address is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if ip.is_loopback:
+            # ::1 alone, not the /64 around it (which holds no other host anyway)
+            return str(ip)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def _accountKey(localpart: str) -> bytes:
+    # Throttles hold up to 100000 keys; a localpart may be 1023 bytes, its digest is 16.
+    return hashlib.blake2b(localpart.encode("utf-8"), digest_size=16).digest()
+
+
+class Throttled(PolicyViolation):
+    """
+    Too many failed logins (or registrations) for an account or from an address: the attempt
+    was refused without looking at the credentials.  HTTP 429 with C{Retry-After}; stanza error
+    C{policy-violation}/C{wait}.
+
+    @ivar retryAfter: seconds until an attempt may succeed again.
+    """
+
+    def __init__(self, text: str, retryAfter: float):
+        super().__init__(text, errorType="wait")
+        self.retryAfter = retryAfter
+
+    @property
+    def retryAfterHeader(self) -> str:
+        """C{Retry-After} in whole seconds, rounded up (and at least 1)."""
+        return str(max(1, math.ceil(self.retryAfter)))
+
+
 class Accounts:
     """
     The one place that knows how passwords and tokens are checked.
@@ -68,6 +119,25 @@ class Accounts:
      - C{async revokeToken(token) -> bool}
      - C{async changePassword(localpart, password) -> None}
 
+    Throttling, shared by every door that checks passwords (see C{docs/limits.md}): failed
+    logins are counted per account and per client address (C{config.authFailureLimit} in
+    C{config.authFailurePeriod} seconds), registrations per address
+    (C{config.registrationsPerAddress} in C{config.registrationPeriod}).  L{login} and
+    L{register} apply them when given the client's C{address}; a door with its own password
+    exchange (SASL) uses the parts:
+
+     - C{loginRetryAfter(localpart, address) -> float}: 0 when an attempt may be checked now,
+       else the seconds to wait (C{loginAllowed} says the same as a bool).  Call it before
+       checking the credentials, and refuse without checking them while it is not 0.
+     - C{loginFailed(localpart, address)}: the credentials were wrong.
+     - C{loginSucceeded(localpart, address)}: they were right (forgets the account's failures).
+     - C{registrationRetryAfter(address) -> float}, C{registered(address)}.
+
+    C{localpart} is the normalised localpart the client I{tried} (or C{None} if it is not a
+    valid one), whether or not the account exists: an unknown account is throttled exactly like
+    a known one, so the throttle does not tell who has an account.  C{address} is the client's
+    IP address as a string (C{None} if unknown); IPv6 addresses count by /64 (L{addressKey}).
+
     Store failures (L{xmppjson.error.StoreUnavailable}) pass through unchanged.
 
     @ivar reactor: gives the time (C{seconds()}), and, when it provides L{IReactorThreads},
@@ -82,6 +152,20 @@ class Accounts:
         self.reactor = reactor
         self._lastPurge: float | None = None
         self._dummyKeys: ScramKeys | None = None
+        self.accountFailures = FailureThrottle(
+            config.authFailureLimit, config.authFailurePeriod, reactor
+        )
+        self.addressFailures = FailureThrottle(
+            config.authFailureLimit, config.authFailurePeriod, reactor
+        )
+        # FailureThrottle counts events in a window: here, accounts created per address.
+        self.registrations = FailureThrottle(
+            config.registrationsPerAddress, config.registrationPeriod, reactor
+        )
+        self._registrationExempt = {addressKey(a) for a in config.registrationExempt}
+        # One registration at a time per address, so that parallel requests cannot all pass
+        # the check before the first of them is counted.
+        self._registrationLocks: dict[str, defer.DeferredLock] = {}
 
     # -- names ------------------------------------------------------------------------------
 
@@ -185,18 +269,46 @@ class Accounts:
             scram.makeCredentials, prepared, self.config.scramIterations
         )
 
-    async def register(self, localpart: str, password: str) -> str:
+    async def register(self, localpart: str, password: str, address: str | None = None) -> str:
         """
         Create an account.
 
         @param localpart: the localpart, or a bare JID of this domain.
+        @param address: the client's address: when given, registrations from it are throttled
+            (one at a time, at most C{config.registrationsPerAddress} per
+            C{config.registrationPeriod}; the addresses in C{config.registrationExempt} are not).
         @return: the normalised localpart.
         @raise Forbidden: registration is closed.
+        @raise Throttled: too many registrations from C{address}.
         @raise Unprocessable: invalid localpart or password (every invalid field is listed).
         @raise xmppjson.storage.UserExists: the localpart is taken.
         """
         if self.config.registration != "open":
             raise Forbidden("registration is closed on this server")
+        key = addressKey(address)
+        if key is None or key in self._registrationExempt or self.config.registrationsPerAddress <= 0:
+            return await self._register(localpart, password)
+        lock = self._registrationLocks.get(key)
+        if lock is None:
+            lock = self._registrationLocks[key] = defer.DeferredLock()
+        try:
+            async with lock:
+                wait = self.registrationRetryAfter(address)
+                if wait:
+                    self.log.info("Registration throttled for {key}", key=key)
+                    raise Throttled(
+                        f"too many registrations from your address; try again in "
+                        f"{math.ceil(wait)} seconds",
+                        wait,
+                    )
+                node = await self._register(localpart, password)
+                self.registered(address)
+                return node
+        finally:
+            if not lock.locked and not lock.waiting:
+                self._registrationLocks.pop(key, None)
+
+    async def _register(self, localpart: str, password: str) -> str:
         errors: list[dict[str, str]] = []
         prepared = ""
         node = ""
@@ -282,28 +394,101 @@ class Accounts:
         """The reactor's time, as an aware UTC datetime."""
         return datetime.datetime.fromtimestamp(self.reactor.seconds(), tz=datetime.timezone.utc)
 
-    async def login(self, jidOrLocalpart: str, password: str) -> tuple[str, str]:
+    async def login(
+        self, jidOrLocalpart: str, password: str, address: str | None = None
+    ) -> tuple[str, str]:
         """
         Check a password and issue a new login token (earlier tokens stay valid).
 
         @param jidOrLocalpart: a localpart or a JID of this domain.
+        @param address: the client's address: when given, failed logins are throttled per
+            address as well as per account (without it, per account only).
         @return: C{(token, localpart)}: the token (48 URL-safe characters) expires after
             C{config.tokenTTL} seconds.
         @raise NotAuthorized: unknown user, wrong password, or a JID of another domain; the
             three are not told apart.
+        @raise Throttled: too many failed logins for this account or from this address; the
+            password was not checked.
         """
         try:
-            localpart = self.localpartOf(jidOrLocalpart)
+            localpart: str | None = self.localpartOf(jidOrLocalpart)
         except Unprocessable:
-            raise NotAuthorized("wrong jid or password") from None
-        if not await self.checkPassword(localpart, password):
+            localpart = None
+        self.checkLoginAllowed(localpart, address)
+        if localpart is None or not await self.checkPassword(localpart, password):
+            self.loginFailed(localpart, address)
             raise NotAuthorized("wrong jid or password")
+        self.loginSucceeded(localpart, address)
         token = secrets.token_urlsafe(36)
         now = self.now()
         expires = now + datetime.timedelta(seconds=self.config.tokenTTL)
         await self.store.addToken(hashToken(token), localpart, expires)
         await self._maybePurge(now)
         return token, localpart
+
+    # -- throttling -------------------------------------------------------------------------
+
+    def loginRetryAfter(self, localpart: str | None, address: str | None) -> float:
+        """
+        Seconds before a login attempt for C{localpart} from C{address} may be checked; 0 when
+        it may be checked now.  See the class docstring.
+        """
+        wait = 0.0
+        if localpart is not None:
+            wait = self.accountFailures.retryAfter(_accountKey(localpart))
+        key = addressKey(address)
+        if key is not None:
+            wait = max(wait, self.addressFailures.retryAfter(key))
+        return wait
+
+    def loginAllowed(self, localpart: str | None, address: str | None) -> bool:
+        """Whether a login attempt may be checked now (L{loginRetryAfter} is 0)."""
+        return self.loginRetryAfter(localpart, address) == 0
+
+    def checkLoginAllowed(self, localpart: str | None, address: str | None) -> None:
+        """
+        @raise Throttled: when L{loginRetryAfter} is not 0.  The text is the same whether the
+            account, the address or both are blocked, and whether the account exists or not.
+        """
+        wait = self.loginRetryAfter(localpart, address)
+        if wait:
+            self.log.info(
+                "Login throttled for {jid} from {address}",
+                jid=self.bareJID(localpart) if localpart else "?",
+                address=address,
+            )
+            raise Throttled(
+                f"too many failed logins; try again in {math.ceil(wait)} seconds", wait
+            )
+
+    def loginFailed(self, localpart: str | None, address: str | None) -> None:
+        """Wrong credentials for C{localpart} (tried, existing or not) from C{address}."""
+        if localpart is not None:
+            self.accountFailures.failed(_accountKey(localpart))
+        key = addressKey(address)
+        if key is not None:
+            self.addressFailures.failed(key)
+
+    def loginSucceeded(self, localpart: str, address: str | None) -> None:
+        """
+        Right credentials: the account's failures are forgotten.  The address's are not, so
+        that a client holding one valid account cannot reset its count between guesses at
+        other accounts.
+        """
+        self.accountFailures.succeeded(_accountKey(localpart))
+
+    def registrationRetryAfter(self, address: str | None) -> float:
+        """Seconds before C{address} may register another account; 0 when it may now."""
+        key = addressKey(address)
+        if key is None or key in self._registrationExempt:
+            return 0.0
+        return self.registrations.retryAfter(key)
+
+    def registered(self, address: str | None) -> None:
+        """An account was created from C{address}: it counts towards the limit."""
+        key = addressKey(address)
+        if key is not None and key not in self._registrationExempt:
+            self.registrations.failed(key)
 
     async def _maybePurge(self, now: datetime.datetime) -> None:
         seconds = now.timestamp()

@@ -44,6 +44,12 @@ class Config:
     registrationsPerAddress: int = 5  # in-band registrations per address in registrationPeriod; 0 = off
     registrationPeriod: float = 600.0  # seconds
     registrationExempt: tuple[str, ...] = ("127.0.0.1", "::1")  # addresses never throttled
+    # web door (docs/limits.md): proxies whose X-Forwarded-For names the client; with none,
+    # the peer address is the client's (and everyone behind a proxy shares one address)
+    trustedProxies: tuple[str, ...] = ()
+    # seconds between attempts to store an offline message while the store is unavailable;
+    # after the last one the sender gets resource-constraint/wait (docs/limits.md)
+    offlineRetryDelays: tuple[float, ...] = (0.5, 1.0, 2.0)
     # per-session inbound rate (stanzas or frames per second, and burst); 0 disables
     stanzaRate: float = 50.0
     stanzaBurst: float = 200.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -149,7 +150,31 @@ def errorResponse(reason: BaseException | Failure) -> tuple[int, dict[str, Any],
         headers["WWW-Authenticate"] = 'Bearer realm="xmppjson"'
     if error.condition == "service-unavailable":
         headers["Retry-After"] = str(RETRY_AFTER)
+    retryAfter = getattr(error, "retryAfterHeader", None)
+    if retryAfter is not None:
+        # a throttle (xmppjson.accounts.Throttled) knows how long the client must wait
+        headers["Retry-After"] = retryAfter
     return error.httpStatus, error.toJSON(), headers
+
+
+def clientAddress(request: Any, trustedProxies: tuple[str, ...] = ()) -> str | None:
+    """
+    The address of the client behind C{request}, as throttles count it: the peer's IP address,
+    or, when the peer is one of C{trustedProxies}, the last address in C{X-Forwarded-For} that
+    is not itself a trusted proxy (the ones before it are whatever the client chose to write).
+    C{None} when the peer has no IP address (a Unix socket without a trusted proxy).
+    """
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    if host is None or host not in trustedProxies:
+        return host
+    forwarded: list[str] = []
+    for value in request.requestHeaders.getRawHeaders(b"x-forwarded-for", []):
+        forwarded.extend(part.strip() for part in value.decode("latin-1").split(","))
+    for candidate in reversed(forwarded):
+        if candidate and candidate not in trustedProxies:
+            return candidate
+    return host
 
 
 # -- the route table -------------------------------------------------------------------------
@@ -339,6 +364,10 @@ def _checkUnicode(value: Any) -> None:
         for key, item in value.items():
             _checkUnicode(key)
             _checkUnicode(item)
+
+
+#: Characters XML 1.0 cannot carry (lone surrogates are refused earlier, as malformed JSON).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def _refuseConstant(name: str) -> Any:
@@ -561,6 +590,9 @@ class RestResource(resource.Resource):
             raise BadToken("the token is unknown or has expired")
         return localpart
 
+    def _address(self, request: server.Request) -> str | None:
+        return clientAddress(request, self.config.trustedProxies)
+
     def _token(self, request: server.Request) -> str:
         header = request.getHeader(b"authorization")
         if header is not None:
@@ -595,14 +627,14 @@ class RestResource(resource.Resource):
         self, request: server.Request, params: dict[str, str], body: Any, localpart: None
     ) -> Reply:
         jid, password = _stringFields(body, ("jid", "password"))
-        registered = await self.accounts.register(jid, password)
+        registered = await self.accounts.register(jid, password, address=self._address(request))
         return Reply(201, {"jid": self.accounts.bareJID(registered)})
 
     async def postLogin(
         self, request: server.Request, params: dict[str, str], body: Any, localpart: None
     ) -> Reply:
         jid, password = _stringFields(body, ("jid", "password"))
-        token, user = await self.accounts.login(jid, password)
+        token, user = await self.accounts.login(jid, password, address=self._address(request))
         profile = await self._profile(user)
         reply: dict[str, Any] = {"token": token}
         # "szymon@localhost/" with its trailing slash, as the original API sent it.
@@ -647,6 +679,11 @@ class RestResource(resource.Resource):
                 errors.append(
                     {"field": key, "message": f"longer than {self._maxLength(key)} characters"}
                 )
+            elif value is not None and _NOT_XML.search(value):
+                # The profile is also the user's vCard on the XMPP door: a NUL or another
+                # control character would make that stream unreadable (and PostgreSQL
+                # refuses NUL in text).
+                errors.append({"field": key, "message": "contains a character XML cannot carry"})
         if errors:
             raise Unprocessable(errors)
         if body:
@@ -667,7 +704,11 @@ class RestResource(resource.Resource):
         self, request: server.Request, params: dict[str, str], body: Any, localpart: str
     ) -> Reply:
         new, old = _stringFields(body, ("password", "old_password"))
+        # A stolen token must not become a way to guess the password: same throttle as logins.
+        address = self._address(request)
+        self.accounts.checkLoginAllowed(localpart, address)
         if not await self.accounts.checkPassword(localpart, old):
+            self.accounts.loginFailed(localpart, address)
             raise Forbidden("old_password is wrong")
         await self.accounts.changePassword(localpart, new)
         return Reply(204)
@@ -905,16 +946,66 @@ def main() -> None:
 # -- the HTTP request with a bounded body ----------------------------------------------------
 
 
+#: Seconds a client has, from the end of its request line, to send the rest of the request
+#: (headers and body).  The channel's idle timeout restarts with every byte, so without this
+#: a client sending one byte a minute would hold a connection for hours ("slow loris").
+#: A site may set its own as C{requestTimeout}.
+REQUEST_TIMEOUT = 30.0
+
+_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
 class BoundedRequest(server.Request):
     """
-    A request that stops buffering its body past the site's C{maxBody} bytes, so that a huge
-    upload costs no memory; L{RestResource} then answers 413.
+    A request bounded in size and in time: it stops buffering its body past the site's
+    C{maxBody} bytes, so that a huge upload costs no memory (L{RestResource} then answers
+    413), and a request not fully received L{REQUEST_TIMEOUT} seconds after its first line is
+    answered 408 and its connection closed.
 
     @ivar bodyTooLarge: set once the body exceeded the limit.
     """
 
     bodyTooLarge = False
     _received = 0
+    _deadline: Any = None
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any):
+        super().__init__(channel, *args, **kwargs)
+        site = getattr(channel, "site", None)
+        timeout = getattr(site, "requestTimeout", REQUEST_TIMEOUT)
+        callLater = getattr(channel, "callLater", None)
+        if timeout and callLater is not None:
+            self._deadline = callLater(timeout, self._tooSlow)
+
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # Everything has arrived: from here the resource decides how long the answer takes.
+        self._cancelDeadline()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._cancelDeadline()
+        super().connectionLost(reason)
+
+    def _tooSlow(self) -> None:
+        self._deadline = None
+        channel = self.channel
+        transport = getattr(channel, "transport", None)
+        if transport is None:
+            return
+        body = json.dumps({
+            "error": "request-timeout",
+            "description": "the request was not received in time",
+        }).encode("utf-8")
+        transport.write(_TIMED_OUT % (len(body), body))
+        transport.loseConnection()
 
     def _limit(self) -> int | None:
         site = getattr(self.channel, "site", None)
@@ -947,6 +1038,7 @@ __all__ = [
     "OPERATIONS",
     "BoundedRequest",
     "RestResource",
+    "clientAddress",
     "errorResponse",
     "formatTimestamp",
     "openAPI",

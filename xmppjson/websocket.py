@@ -24,6 +24,7 @@ from xmppjson import jsonstanza
 from xmppjson.config import Config
 from xmppjson.error import XMPPJSONError, asError
 from xmppjson.limits import ConnectionCounter, TokenBucket
+from xmppjson.rest import clientAddress
 from xmppjson.session import Session
 
 # WebSocket close codes for the reasons the server ends a session.
@@ -64,7 +65,7 @@ class WebSocketSession(Session):
         try:
             text = jsonstanza.serialize(element)
         except Exception:
-            protocol.log.failure("Cannot translate a {name} for {s}", name=element.name, s=self)
+            protocol.logger.failure("Cannot translate a {name} for {s}", name=element.name, s=self)
             return
         protocol.sendMessage(text.encode("utf-8"), isBinary=False)
 
@@ -75,7 +76,9 @@ class WebSocketSession(Session):
 class StreamProtocol(WebSocketServerProtocol):
     """One WebSocket connection: frames in, stanzas out, and the reverse."""
 
-    log = Logger()
+    # Not "log": Autobahn logs every frame at debug level through self.log, a txaio
+    # logger that filters by level; a twisted.logger.Logger there would emit all of it.
+    logger = Logger()
     localpart: str = ""
     im: Any = None
     config: Config
@@ -86,7 +89,7 @@ class StreamProtocol(WebSocketServerProtocol):
         super().__init__()
         self.session: Optional[WebSocketSession] = None
         self.closing = False
-        self._early: Optional[list[bytes]] = []
+        self._early: Optional[list[tuple[bytes, bool]]] = []
         self._paused = False
         self.bucket: Optional[TokenBucket] = None
 
@@ -103,13 +106,13 @@ class StreamProtocol(WebSocketServerProtocol):
             return
         self.sendMessage(jsonstanza.sessionFrame(self.session.full).encode("utf-8"), isBinary=False)
         early, self._early = self._early or [], None
-        for payload in early:
-            self._frame(payload)
+        for payload, isBinary in early:
+            self._frame(payload, isBinary)
 
     def _openFailed(self, failure: Any) -> None:
         error = asError(failure)
         if error.condition == "internal-server-error":
-            self.log.failure("Opening a WebSocket session failed", failure)
+            self.logger.failure("Opening a WebSocket session failed", failure)
         self.closeWith(error.condition, error.text)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -126,18 +129,32 @@ class StreamProtocol(WebSocketServerProtocol):
             if len(self._early) >= MAX_EARLY_FRAMES:
                 self.closeWith("policy-violation", "too many frames before the session opened")
                 return
-            self._early.append(payload)
+            self._early.append((payload, isBinary))
             return
-        self._frame(payload)
+        self._frame(payload, isBinary)
 
     def _resume(self) -> None:
+        if self.closing or self.transport is None:
+            self._paused = False
+            return
+        # Frames that arrived in the same read as the one that ran the bucket dry were handled
+        # meanwhile and deepened the deficit: stay paused until all of it is paid back.
+        wait = self.bucket.take(0) if self.bucket is not None else 0.0
+        if wait > 0:
+            self.factory.reactor.callLater(wait, self._resume)
+            return
         self._paused = False
-        if not self.closing and self.transport is not None:
-            self.transport.resumeProducing()
+        self.transport.resumeProducing()
 
-    def _frame(self, payload: bytes) -> None:
+    def _frame(self, payload: bytes, isBinary: bool = False) -> None:
         session = self.session
         if session is None or not session.active:
+            return
+        if isBinary:
+            # The dialect is text frames only; guessing that a binary frame holds UTF-8 JSON
+            # would make a client work here and nowhere else.  Refused, the socket stays.
+            self._errorFrame("bad-request", "frame: binary frames are not part of the dialect; "
+                             "send each frame as text (UTF-8 JSON)", None)
             return
         try:
             element = jsonstanza.parseFrame(payload, self.config.maxFrameSize)
@@ -145,15 +162,15 @@ class StreamProtocol(WebSocketServerProtocol):
             self._errorFrame(e.condition, e.text, e.frameId)
             return
         except Exception:
-            self.log.failure("Reading a frame from {s} failed", s=session)
+            self.logger.failure("Reading a frame from {s} failed", s=session)
             self._errorFrame("internal-server-error", "the server could not read this frame", None)
             return
         if self.config.verbose:
-            self.log.debug("IN {s}: {frame!r}", s=session, frame=payload)
+            self.logger.debug("IN {s}: {frame!r}", s=session, frame=payload)
         try:
             self.im.receive(session, element)
         except Exception:
-            self.log.failure("Handling a frame from {s} failed", s=session)
+            self.logger.failure("Handling a frame from {s} failed", s=session)
 
     def _errorFrame(self, condition: str, text: str, frameId: Any) -> None:
         self.sendMessage(jsonstanza.errorFrame(condition, text, frameId).encode("utf-8"), isBinary=False)
@@ -194,6 +211,10 @@ class StreamFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxFramePayloadSize=config.maxFrameSize,
             maxMessagePayloadSize=config.maxFrameSize,
+            # A frame over the size limit (refused by its header, never buffered) or a text frame
+            # that is not UTF-8 fails the connection: with a close frame (1009, 1007) saying
+            # why, rather than a silent drop the client cannot tell from a network failure.
+            failByDrop=False,
             openHandshakeTimeout=config.handshakeTimeout,
             autoPingInterval=60,
             autoPingTimeout=30,
@@ -256,6 +277,9 @@ class _OneUser:
 def _jsonError(request: Any, status: int, condition: str, text: str) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
+    if status in (429, 503):
+        # the database is down (token check) or the address holds too many connections
+        request.setHeader(b"retry-after", b"5")
     return json.dumps({"error": condition, "description": text}).encode("utf-8")
 
 
@@ -298,8 +322,9 @@ class StreamResource(resource.Resource):
             request.write(_jsonError(request, 401, "not-authorized", "unknown or expired token"))
             request.finish()
             return
-        address = request.getClientAddress()
-        host = getattr(address, "host", None) or str(address)
+        host = clientAddress(request, self.factory.config.trustedProxies) or str(
+            request.getClientAddress()
+        )
         if not self.factory.connections.acquire(host):
             request.write(_jsonError(request, 429, "policy-violation",
                                      "too many connections from this address"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
@@ -20,6 +20,7 @@ from xmppjson.im.stanzas import (
     NS_SID,
     addDelay,
     errorReply,
+    firstChild,
     hasBody,
     newStanzaId,
     now,
@@ -43,6 +44,8 @@ class MessageHandler:
         self.store = server.store
         self.domain = server.domain
         self._offlineLocks: dict[str, defer.DeferredLock] = {}
+        #: Offline messages being stored (retries included), for L{drain}.
+        self._storing: set[defer.Deferred[None]] = set()
         #: Features that may stop a message before it is routed (blocking, ...): each is called
         #: as C{f(sender, message, target)} and returns C{True} when it took care of the
         #: message (answered or dropped it), which ends routing.
@@ -129,6 +132,20 @@ class MessageHandler:
             return
         d = defer.ensureDeferred(self._offline(message, bare, mtype, sender))
         d.addErrback(self._offlineFailed, message, sender)
+        if not d.called:
+            self._storing.add(d)
+            d.addBoth(self._stored, d)
+
+    def _stored(self, result: object, d: defer.Deferred[None]) -> None:
+        self._storing.discard(d)
+
+    async def drain(self) -> None:
+        """
+        Wait until every offline message being stored (or waiting to retry) is stored or
+        bounced: what shutdown must wait for before it closes the store.
+        """
+        while self._storing:
+            await defer.DeferredList(list(self._storing))
 
     def _observe(self, message: domish.Element, bare: str, delivered: list["Session"], sender: "Session | None") -> None:
         for observer in self.observers:
@@ -156,6 +173,31 @@ class MessageHandler:
         sid["id"] = newStanzaId()
 
     async def _offline(self, message: domish.Element, bare: str, mtype: str, sender: "Session | None") -> None:
+        """
+        Store a message for a user who has no eligible session.  While the store is unavailable
+        the attempt is repeated after each of C{config.offlineRetryDelays} seconds (on the
+        core's reactor), so that a short outage costs a delay rather than an error; if the
+        recipient becomes reachable meanwhile the message is delivered to it instead.  After the
+        last delay the L{StoreUnavailable} propagates and L{_offlineFailed} bounces the message.
+        """
+        delays = self.server.config.offlineRetryDelays
+        for attempt in range(len(delays) + 1):
+            if attempt:
+                await task.deferLater(self.server.reactor, delays[attempt - 1], lambda: None)
+                if self.router.messageTargets(bare):
+                    self.route(message, JID(bare), sender)
+                    return
+            try:
+                await self._storeOffline(message, bare, mtype, sender)
+                return
+            except StoreUnavailable:
+                if attempt == len(delays):
+                    raise
+                self.log.info("The store is unavailable; storing an offline message for {bare} "
+                              "again in {delay}s", bare=bare, delay=delays[attempt])
+
+    async def _storeOffline(self, message: domish.Element, bare: str, mtype: str,
+                            sender: "Session | None") -> None:
         localpart = bare.split("@", 1)[0]
         if not self.router.hasSessions(bare) and not await self.store.userExists(localpart):
             self._bounce(message, sender, "service-unavailable")
@@ -168,8 +210,17 @@ class MessageHandler:
             return
         when = now(self.server.reactor)
         self._stampId(message, bare)
+        delay = firstChild(message, "delay", NS_DELAY)
         addDelay(message, when, self.domain)
-        await self.store.storeOffline(localpart, when, message.toXml())
+        try:
+            await self.store.storeOffline(localpart, when, message.toXml())
+        except BaseException:
+            if delay is None:
+                # Not stored: the stamp would be wrong on a later attempt or a live delivery.
+                ours = firstChild(message, "delay", NS_DELAY)
+                if ours is not None:
+                    message.children.remove(ours)
+            raise
         if self.observers:
             self._observe(message, bare, [], sender)
         # A session may have become reachable while we were storing: hand it over now.
