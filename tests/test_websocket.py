@@ -380,3 +380,20 @@ class RestViewTranscriptTests(unittest.TestCase):
         await web.im.presence.lastSeen.flush()
         body = (await rest.post("/login", json={"jid": "alicja", "password": "secret123"})).json()
         self.assertEqual(body["presence"], "unavailable")
+
+
+class MaskerTests(unittest.TestCase):
+    def test_smallFrameMaskerMatchesNative(self):
+        """The small-frame masker gives the bytes Autobahn's native one gives, in any chunking."""
+        import os
+
+        from xmppjson.websocket import _SmallFrameMasker, _nativeMasker
+
+        for size in (1, 3, 4, 5, 100, 2047):
+            mask, data = os.urandom(4), os.urandom(size)
+            expected = _nativeMasker(mask, size).process(data)
+            for cut in (0, 1, 2, 3, size // 2, size):
+                masker = _SmallFrameMasker(mask)
+                got = masker.process(data[:cut]) + masker.process(data[cut:])
+                self.assertEqual(got, expected)
+                self.assertEqual(masker.pointer(), size)
