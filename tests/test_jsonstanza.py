@@ -1144,6 +1144,142 @@ class ToFrameTests(SynchronousTestCase):
 
 
 # ---------------------------------------------------------------------------------------------
+# history (XEP-0313)
+# ---------------------------------------------------------------------------------------------
+
+MAM_RESULT = (
+    "<message from='szymon@localhost' to='szymon@localhost/web-1'>"
+    "<result xmlns='urn:xmpp:mam:2' queryid='q' id='A1'><forwarded xmlns='urn:xmpp:forward:0'>"
+    "<delay xmlns='urn:xmpp:delay' stamp='2026-11-27T12:00:00Z'/>"
+    "<message xmlns='jabber:client' from='alicja@localhost/dom' type='chat'><body>x</body>"
+    "<request xmlns='urn:xmpp:receipts'/></message></forwarded></result></message>"
+)
+
+
+class HistoryTests(SynchronousTestCase):
+    """The C{history} iq key (input) and the translation of XEP-0313 results (output)."""
+
+    def test_queryOnlyWhatIsGiven(self) -> None:
+        self.assertEqual(
+            canonical(read(iq(type="set", id="q1", history={}))),
+            canonical(parseXml("<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2' queryid='q1'/></iq>")),
+        )
+        self.assertEqual(
+            canonical(read(iq(type="set", id="q2", history={"max": 0, "after": "A"}))),
+            canonical(parseXml(
+                "<iq type='set' id='q2'><query xmlns='urn:xmpp:mam:2' queryid='q2'>"
+                "<set xmlns='http://jabber.org/protocol/rsm'><max>0</max><after>A</after></set>"
+                "</query></iq>")),
+        )
+
+    def test_everyField(self) -> None:
+        element = read(iq(id="q3", type="set", history={
+            "ids": ["A", "B"], "end": "2026-11-27T00:00:00Z", "before_id": "X",
+            "after_id": "W", "with": "Alicja@LOCALHOST/Dom", "start": "2026-11-01T00:00:00Z"}))
+        self.assertEqual(canonical(element), canonical(parseXml(
+            "<iq type='set' id='q3'><query xmlns='urn:xmpp:mam:2' queryid='q3'>"
+            "<x xmlns='jabber:x:data' type='submit'>"
+            "<field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>"
+            "<field var='with'><value>alicja@localhost/Dom</value></field>"
+            "<field var='start'><value>2026-11-01T00:00:00Z</value></field>"
+            "<field var='end'><value>2026-11-27T00:00:00Z</value></field>"
+            "<field var='after-id'><value>W</value></field>"
+            "<field var='before-id'><value>X</value></field>"
+            "<field var='ids'><value>A</value><value>B</value></field></x></query></iq>")))
+
+    def test_refused(self) -> None:
+        cases = [
+            (iq(type="get", id="r", history={}), "payload.history: only in an iq of type set"),
+            (iq(type="set", id="r", history=[]), "payload.history: must be an object"),
+            (iq(type="set", id="r", history={"colour": 1}), "payload.history: unknown key"),
+            (iq(type="set", id="r", history={"with": "a@b@c"}),
+             "payload.history.with: not a valid JID"),
+            (iq(type="set", id="r", history={"max": True}), "payload.history.max: must be"),
+            (iq(type="set", id="r", history={"max": "5"}), "payload.history.max: must be"),
+            (iq(type="set", id="r", history={"after": ""}),
+             "payload.history.after: must not be empty"),
+            (iq(type="set", id="r", history={"ids": "A"}), "payload.history.ids: must be a list"),
+            (iq(type="set", id="r", history={"ids": ["A", ""]}),
+             "payload.history.ids: ids must not be empty"),
+            (iq(type="set", id="r", history={"ids": ["x"] * 251}), "payload.history.ids: must be"),
+            (iq(type="set", id="r", history={}, ping={}), "payload: an iq set carries exactly one"),
+        ]
+        for frame, text in cases:
+            self.assertTrue(readError(frame).text.startswith(text), (frame, readError(frame).text))
+
+    def test_resultKeepsEverything(self) -> None:
+        """The archived message has the keys of any message, its xml list included."""
+        payload = toFrame(parseXml(MAM_RESULT))["payload"]
+        self.assertEqual(payload["result"], {
+            "queryid": "q", "id": "A1",
+            "delay": {"stamp": "2026-11-27T12:00:00Z", "from": None},
+            "message": {"from": "alicja@localhost/dom", "id": "", "to": "", "type": "chat",
+                        "body": "x", "xml": ["<request xmlns='urn:xmpp:receipts'/>"]},
+        })
+        self.assertNotIn("xml", payload)
+
+    def test_resultNotRepresentable(self) -> None:
+        """A result with anything the key cannot hold travels whole in xml."""
+        for old, new in (
+            ("queryid='q' id='A1'", "queryid='q'"),  # no id
+            ("queryid='q' id='A1'", "queryid='q' id='A1' extra='1'"),
+            ("<delay xmlns='urn:xmpp:delay' stamp='2026-11-27T12:00:00Z'/>", ""),
+            ("<forwarded xmlns='urn:xmpp:forward:0'>",
+             "<forwarded xmlns='urn:xmpp:forward:0'><x xmlns='urn:example'/>"),
+            ("<message xmlns='jabber:client' from",
+             "<message xmlns='urn:example' from"),
+            ("</forwarded></result>", "</forwarded><forwarded xmlns='urn:xmpp:forward:0'/></result>"),
+            ("<delay xmlns='urn:xmpp:delay' stamp='2026-11-27T12:00:00Z'/>",
+             "<delay xmlns='urn:xmpp:delay' stamp='2026-11-27T12:00:00Z' by='x'/>"),
+        ):
+            xml = MAM_RESULT.replace(old, new, 1)
+            payload = toFrame(parseXml(xml))["payload"]
+            if new == "":
+                # no delay is fine: the result simply has none
+                self.assertNotIn("delay", payload["result"])
+                continue
+            self.assertNotIn("result", payload, xml)
+            [kept] = payload["xml"]
+            self.assertTrue(kept.startswith("<result xmlns='urn:xmpp:mam:2'"), kept)
+
+    def test_fin(self) -> None:
+        frame = toFrame(parseXml(
+            "<iq type='result' id='h'><fin xmlns='urn:xmpp:mam:2' complete='true'>"
+            "<set xmlns='http://jabber.org/protocol/rsm'><first index='3'>F</first>"
+            "<last>L</last><count>9</count></set></fin></iq>"))
+        self.assertEqual(frame["payload"]["history"],
+                         {"first": "F", "last": "L", "complete": True, "count": 9, "index": 3})
+        empty = toFrame(parseXml(
+            "<iq type='result' id='h'><fin xmlns='urn:xmpp:mam:2' complete='false'>"
+            "<set xmlns='http://jabber.org/protocol/rsm'/></fin></iq>"))
+        self.assertEqual(empty["payload"]["history"],
+                         {"first": None, "last": None, "complete": False, "count": None,
+                          "index": None})
+
+    def test_finNotRepresentable(self) -> None:
+        base = ("<iq type='result' id='h'><fin xmlns='urn:xmpp:mam:2' complete='true'>"
+                "<set xmlns='http://jabber.org/protocol/rsm'><first index='3'>F</first>"
+                "<count>9</count></set></fin></iq>")
+        for old, new in (
+            (" complete='true'", ""),
+            (" complete='true'", " complete='yes'"),
+            (" complete='true'", " complete='true' stable='false'"),
+            ("<count>9</count>", "<count>many</count>"),
+            ("<count>9</count>", "<count>9</count><count>9</count>"),
+            ("index='3'", "index='x'"),
+            ("<count>9</count>", "<count>9</count><max>3</max>"),
+            ("</set></fin>", "</set><set xmlns='http://jabber.org/protocol/rsm'/></fin>"),
+            ("<set xmlns='http://jabber.org/protocol/rsm'><first index='3'>F</first><count>9</count></set>", ""),
+        ):
+            xml = base.replace(old, new, 1)
+            payload = toFrame(parseXml(xml))["payload"]
+            self.assertNotIn("history", payload, xml)
+            [kept] = payload["xml"]
+            self.assertTrue(kept.startswith("<fin xmlns='urn:xmpp:mam:2'"), kept)
+
+
+
+# ---------------------------------------------------------------------------------------------
 # properties
 # ---------------------------------------------------------------------------------------------
 

@@ -565,8 +565,8 @@ class OpenAPITests(RestTestCase):
             {(m, p) for m, p in described},
             {("GET", "/users/{localpart}"), ("PATCH", "/users/{localpart}"), ("POST", "/users"),
              ("POST", "/login"), ("POST", "/logout"), ("GET", "/me"), ("PATCH", "/me"),
-             ("POST", "/me/password"), ("GET", "/me/roster"), ("GET", "/health"),
-             ("GET", "/openapi.json")})
+             ("POST", "/me/password"), ("GET", "/me/roster"), ("GET", "/me/history"),
+             ("GET", "/health"), ("GET", "/openapi.json")})
         schemas = document["components"]["schemas"]
         self.assertEqual(list(schemas["Login"]["properties"]), SPEC_LOGIN_KEYS)
         # every reference resolves

@@ -62,3 +62,6 @@ class Config:
     clusterHeartbeat: float = 2.0  # seconds between two heartbeats of a node
     clusterTimeout: float = 10.0  # seconds without a heartbeat before a node is declared dead
     clusterChannel: str = "xj"  # NOTIFY channel prefix: clusters sharing one database differ here
+    # message archive (XEP-0313): on by default; retention in days, 0 keeps messages forever
+    archive: bool = True
+    archiveDays: int = 0

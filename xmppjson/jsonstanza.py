@@ -72,6 +72,10 @@ NS_DELAY = "urn:xmpp:delay"
 NS_SID = "urn:xmpp:sid:0"
 NS_ROSTER = "jabber:iq:roster"
 NS_PING = "urn:xmpp:ping"
+NS_MAM = "urn:xmpp:mam:2"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_DATA = "jabber:x:data"
 
 # Limits.  The frame size is the door's (configurable) limit; the others only stop a frame from
 # being pathological within that size.
@@ -561,7 +565,7 @@ class _Reading:
     read (keys may come in any order).
     """
 
-    __slots__ = ("budget", "element", "error", "payloads", "roster", "type")
+    __slots__ = ("budget", "element", "error", "history", "payloads", "roster", "type")
 
     def __init__(self, name: str):
         self.element = domish.Element((NS_CLIENT, name))
@@ -569,6 +573,7 @@ class _Reading:
         self.error = False
         self.payloads = 0  # iq payload children (roster query, ping, xml elements)
         self.roster: dict[str, Any] = {}
+        self.history: dict[str, Any] | None = None
         self.budget = [MAX_XML_ELEMENTS]
 
 
@@ -808,6 +813,74 @@ def _checkError(r: _Reading) -> None:
         raise FrameError("payload.error: only allowed when type is 'error'")
 
 
+# The keys of a history query: its XEP-0313 form fields, then its XEP-0059 paging.
+_HISTORY_FIELDS = {"with": "with", "start": "start", "end": "end", "after_id": "after-id",
+                   "before_id": "before-id", "ids": "ids"}
+_HISTORY_PAGING = ("max", "after", "before")
+MAX_HISTORY_IDS = 250
+
+
+def _inHistory(r: _Reading, value: Any, key: str) -> None:
+    """
+    C{"history": {...}}: a XEP-0313 archive query, built in L{_finishIq} once the iq's id
+    (its queryid) is known.
+    """
+    value = _object(value, "payload.history")
+    history: dict[str, Any] = {}
+    for name, item in value.items():
+        path = f"payload.history.{name}"
+        if name == "with":
+            history[name] = _jid(item, path)
+        elif name in ("start", "end", "after_id", "before_id", "after"):
+            text = _string(item, path, LIMIT_ID)
+            if not text:
+                raise FrameError(f"{path}: must not be empty")
+            history[name] = text
+        elif name == "before":
+            history[name] = _string(item, path, LIMIT_ID)  # "" asks for the last page
+        elif name == "ids":
+            if type(item) is not list or len(item) > MAX_HISTORY_IDS:
+                raise FrameError(f"{path}: must be a list of at most {MAX_HISTORY_IDS} ids")
+            ids = [_string(i, f"{path}[{n}]", LIMIT_ID) for n, i in enumerate(item)]
+            if not all(ids):
+                raise FrameError(f"{path}: ids must not be empty")
+            history[name] = ids
+        elif name == "max":
+            if type(item) is not int or not 0 <= item <= 10**9:
+                raise FrameError(f"{path}: must be a whole number, 0 or more")
+            history[name] = item
+        else:
+            raise _unknownKey(name, "payload.history", (*_HISTORY_FIELDS, *_HISTORY_PAGING))
+    r.history = history
+    r.payloads += 1
+
+
+def _historyQuery(history: dict[str, Any], queryid: str) -> domish.Element:
+    """The C{<query xmlns='urn:xmpp:mam:2'/>} of a history object (see L{_inHistory})."""
+    query = domish.Element((NS_MAM, "query"))
+    query.attributes["queryid"] = queryid
+    fields = [(var, history[name]) for name, var in _HISTORY_FIELDS.items() if name in history]
+    if fields:
+        form = _add(query, NS_DATA, "x")
+        form.attributes["type"] = "submit"
+        formType = _add(form, NS_DATA, "field")
+        formType.attributes.update({"var": "FORM_TYPE", "type": "hidden"})
+        _add(formType, NS_DATA, "value", NS_MAM)
+        for var, values in fields:
+            field = _add(form, NS_DATA, "field")
+            field.attributes["var"] = var
+            for text in values if type(values) is list else [values]:
+                _add(field, NS_DATA, "value", text)
+    if any(name in history for name in _HISTORY_PAGING):
+        rsm = _add(query, NS_RSM, "set")
+        if "max" in history:
+            _add(rsm, NS_RSM, "max", str(history["max"]))
+        for name in ("after", "before"):
+            if name in history:
+                _add(rsm, NS_RSM, name, history[name])
+    return query
+
+
 def _finishIq(r: _Reading) -> None:
     element = r.element
     if r.type is None:
@@ -815,6 +888,12 @@ def _finishIq(r: _Reading) -> None:
     if not element.getAttribute("id"):
         raise FrameError("payload.id: missing (every iq needs an id)")
     _checkError(r)
+    if r.history is not None:
+        if r.type != "set":
+            raise FrameError("payload.history: only in an iq of type set")
+        query = _historyQuery(r.history, element.attributes["id"])
+        query.parent = element
+        element.children.append(query)
     roster = r.roster
     if roster:
         if "query" not in roster:
@@ -880,6 +959,7 @@ _IQ_IN: dict[str, _Handler] = {
     "item": _inItem,
     "items": _inItems,
     "ping": _inPing,
+    "history": _inHistory,
 }
 
 
@@ -1179,6 +1259,115 @@ def _outPing(payload: dict, child: domish.Element) -> bool:
     return True
 
 
+def _resolved(node: domish.Element, default: str | None) -> str | None:
+    """The namespace of C{node} as domish resolves it under a parent whose default is C{default}."""
+    if node.uri is not None:
+        return node.uri
+    return node.defaultUri if node.defaultUri is not None else default
+
+
+def _elementsOnly(parent: domish.Element) -> list[domish.Element] | None:
+    """The child elements, or C{None} if there is text (other than whitespace) among them."""
+    elements = []
+    for node in parent.children:
+        if isinstance(node, str):
+            if isinstance(node, domish.SerializedXML) or node.strip():
+                return None
+        else:
+            elements.append(node)
+    return elements
+
+
+def _outMamResult(payload: dict, child: domish.Element) -> bool:
+    """
+    A XEP-0313 result, C{<result queryid id><forwarded><delay/><message/></forwarded></result>},
+    as C{"result": {"queryid", "id", "delay", "message": {...}}}, the archived message in the
+    same shape as any message.  Anything else in it: the whole result goes to "xml".
+    """
+    attrs = child.attributes
+    if "result" in payload or "id" not in attrs or any(k not in ("id", "queryid") for k in attrs):
+        return False
+    elements = _elementsOnly(child)
+    default = child.defaultUri if child.defaultUri is not None else NS_MAM
+    if not elements or len(elements) != 1:
+        return False
+    forwarded = elements[0]
+    if forwarded.name != "forwarded" or _resolved(forwarded, default) != NS_FORWARD:
+        return False
+    inner = _elementsOnly(forwarded)
+    if forwarded.attributes or not inner or len(inner) > 2:
+        return False
+    *delays, message = inner
+    fdefault = forwarded.defaultUri if forwarded.defaultUri is not None else NS_FORWARD
+    if message.name != "message" or _resolved(message, fdefault) != NS_CLIENT:
+        return False
+    result: dict[str, Any] = {}
+    if "queryid" in attrs:
+        result["queryid"] = attrs["queryid"]
+    result["id"] = attrs["id"]
+    if delays:
+        delay = delays[0]
+        if delay.name != "delay" or _resolved(delay, fdefault) != NS_DELAY:
+            return False
+        if not _outDelay(result, delay):
+            return False
+    result["message"] = _messagePayload(message)
+    payload["result"] = result
+    return True
+
+
+_FIN_PARTS = frozenset({"first", "last", "count"})
+
+
+def _outMamFin(payload: dict, child: domish.Element) -> bool:
+    """
+    The C{<fin complete='true|false'><set>first, last, count</set></fin>} ending a XEP-0313
+    query, as C{"history": {"first", "last", "complete", "count", "index"}} (C{null} for what
+    the set does not have).  Anything else in it: the fin goes to "xml".
+    """
+    attrs = child.attributes
+    if "history" in payload or list(attrs) != ["complete"] or attrs["complete"] not in (
+        "true", "false"
+    ):
+        return False
+    elements = _elementsOnly(child)
+    default = child.defaultUri if child.defaultUri is not None else NS_MAM
+    if not elements or len(elements) != 1:
+        return False
+    rsm = elements[0]
+    if rsm.name != "set" or _resolved(rsm, default) != NS_RSM or rsm.attributes:
+        return False
+    parts: dict[str, str] = {}
+    index = None
+    sdefault = rsm.defaultUri if rsm.defaultUri is not None else NS_RSM
+    nodes = _elementsOnly(rsm)
+    if nodes is None:
+        return False
+    for node in nodes:
+        if (node.name not in _FIN_PARTS or node.name in parts
+                or _resolved(node, sdefault) != NS_RSM
+                or any(type(c) is not str for c in node.children)):
+            return False
+        text = "".join(node.children)
+        if node.name == "first" and node.attributes:
+            index = node.attributes.get("index")
+            if list(node.attributes) != ["index"] or not index.isdigit():
+                return False
+        elif node.attributes:
+            return False
+        if node.name == "count" and not text.isdigit():
+            return False
+        parts[node.name] = text
+    payload["history"] = {
+        "first": parts.get("first"),
+        "last": parts.get("last"),
+        "complete": attrs["complete"] == "true",
+        "count": int(parts["count"]) if "count" in parts else None,
+        "index": int(index) if index is not None else None,
+    }
+    return True
+
+
 def _outRoster(payload: dict, child: domish.Element) -> bool:
     if "query" in payload or any(k != "ver" for k in child.attributes):
         return False
@@ -1237,6 +1426,7 @@ _MESSAGE_OUT: dict[tuple[str, str], _OutHandler] = {
     (NS_CLIENT, "error"): _outError,
     (NS_DELAY, "delay"): _outDelay,
     (NS_SID, "stanza-id"): _outStanzaId,
+    (NS_MAM, "result"): _outMamResult,
     **{(NS_CHATSTATES, state): _outChatState for state in CHAT_STATES},
 }
 
@@ -1253,6 +1443,7 @@ _IQ_OUT: dict[tuple[str, str], _OutHandler] = {
     (NS_CLIENT, "error"): _outError,
     (NS_ROSTER, "query"): _outRoster,
     (NS_PING, "ping"): _outPing,
+    (NS_MAM, "fin"): _outMamFin,
 }
 
 

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from xmppjson import __version__
+from xmppjson import __version__, jsonstanza
 from xmppjson.accounts import Accounts
 from xmppjson.config import Config
 from xmppjson.error import (
@@ -38,7 +38,8 @@ from xmppjson.error import (
     XMPPJSONError,
     asError,
 )
-from xmppjson.storage import PROFILE_FIELDS
+from xmppjson.im.archive import archivedMessage, pageSize, parseStamp, withFilter
+from xmppjson.storage import PROFILE_FIELDS, ArchiveEntry, ArchiveQuery
 
 # -- the response shapes ---------------------------------------------------------------------
 
@@ -198,6 +199,7 @@ class Operation:
     @ivar body: the JSON Schema of the request body, or C{None} if it takes none.
     @ivar responses: status -> (description, schema reference or C{None}).
     @ivar auth: whether a token is required (then 401 is documented).
+    @ivar query: OpenAPI parameter objects for the query string.
     """
 
     method: str
@@ -209,6 +211,7 @@ class Operation:
     responses: dict[int, tuple[str, str | None]] = field(default_factory=dict)
     auth: bool = False
     errors: tuple[int, ...] = ()
+    query: tuple[dict[str, Any], ...] = ()
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -309,6 +312,35 @@ OPERATIONS: tuple[Operation, ...] = (
         responses={200: ("the roster", "Roster")}, auth=True,
     ),
     Operation(
+        "GET", "/me/history", "getHistory", "Read your message history (archive)",
+        "One page of your message archive (the same one XMPP clients query with XEP-0313), "
+        "oldest first.  Without `after` or `before` the page starts at the oldest message; "
+        "`before=` (empty) gives the newest page.  Page backwards with `before=<first>`, "
+        "forwards with `after=<last>`.",
+        responses={200: ("one page of history", "History"),
+                   400: ("a malformed parameter", "Error"),
+                   404: ("`before` or `after` names an id that is not in your archive", "Error"),
+                   501: ("the server keeps no history (`archive` is off)", "Error")},
+        auth=True,
+        query=(
+            {"name": "with", "in": "query", "schema": {"type": "string"},
+             "description": "only messages with this JID: a bare JID matches all its resources, "
+                            "a full JID only that one"},
+            {"name": "start", "in": "query", "schema": {"type": "string", "format": "date-time"},
+             "description": "only messages at or after this instant (ISO 8601 with time zone)"},
+            {"name": "end", "in": "query", "schema": {"type": "string", "format": "date-time"},
+             "description": "only messages at or before this instant"},
+            {"name": "after", "in": "query", "schema": {"type": "string"},
+             "description": "the page starts right after this message id"},
+            {"name": "before", "in": "query", "schema": {"type": "string"},
+             "description": "the page ends right before this message id; empty: the newest page"},
+            {"name": "max", "in": "query",
+             "schema": {"type": "integer", "minimum": 0, "default": 50},
+             "description": "messages per page, at most 250 (larger values are cut to 250); "
+                            "0 only counts"},
+        ),
+    ),
+    Operation(
         "GET", "/health", "getHealth", "Is the server and its database up?",
         responses={200: ("everything is up", "Health"),
                    503: ("the database is unavailable", "Health")},
@@ -321,6 +353,64 @@ OPERATIONS: tuple[Operation, ...] = (
 
 
 # -- the resource ----------------------------------------------------------------------------
+
+
+def _historyQuery(request: server.Request) -> ArchiveQuery:
+    """
+    The archive query of C{GET /me/history}'s query string, validated as XEP-0313 queries are.
+
+    @raise BadRequest: a malformed value.
+    """
+    args: dict[bytes, list[bytes]] = request.args or {}
+    values: dict[str, str] = {}
+    for name in ("with", "start", "end", "after", "before", "max"):
+        raw = args.get(name.encode("ascii"))
+        if raw:
+            try:
+                values[name] = raw[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"{name}: not UTF-8") from None
+    arguments: dict[str, Any] = {}
+    if values.get("with", "").strip():
+        arguments["withJID"], arguments["withResource"] = withFilter(values["with"])
+    for name in ("start", "end"):
+        if values.get(name, "").strip():
+            arguments[name] = parseStamp(values[name], name)
+    if values.get("after", "").strip():
+        arguments["after"] = values["after"].strip()
+    if "before" in values:
+        # Present but empty is meaningful: the newest page.
+        arguments["before"] = values["before"].strip()
+    requested = None
+    if values.get("max", "").strip():
+        text = values["max"].strip()
+        if not text.isdigit() or len(text) > 9:
+            raise BadRequest(f"max: {values['max']!r} is not a whole number")
+        requested = int(text)
+    arguments["max"] = pageSize(requested)
+    return ArchiveQuery(**arguments)
+
+
+def historyItem(entry: ArchiveEntry, domain: str) -> dict[str, Any]:
+    """
+    One archived message as C{GET /me/history} shows it: the payload of the JSON dialect's
+    message frame (so a web client reads history and live messages alike), with the archive
+    id as C{id} (and C{stanza_id}), the sender's own id as C{message_id}, when it was routed
+    (C{stamp}, and C{delay} as the dialect shows archived messages), C{direction} and C{with}.
+    """
+    payload = jsonstanza.toFrame(archivedMessage(entry))["payload"]
+    when = formatTimestamp(entry.stamp)
+    item: dict[str, Any] = {"id": entry.id, "stamp": when}
+    for key, value in payload.items():
+        item["message_id" if key == "id" else key] = value
+    if "delay" not in item:
+        # An older stamp the message carried (XEP-0203: the first one counts) is kept.
+        item["delay"] = {"stamp": when, "from": domain}
+    item["stanza_id"] = entry.id
+    item["direction"] = "out" if entry.outgoing else "in"
+    item["with"] = entry.withJID
+    return item
+
 
 
 def _allowedMethods(operations: dict[str, Operation]) -> list[str]:
@@ -729,6 +819,26 @@ class RestResource(resource.Resource):
             if item.inRoster
         ]})
 
+    async def getHistory(
+        self, request: server.Request, params: dict[str, str], body: None, localpart: str
+    ) -> Reply:
+        archiver = getattr(self.im, "archive", None)
+        if archiver is not None and not archiver.enabled:
+            raise XMPPJSONError("this server keeps no message history",
+                                condition="feature-not-implemented")
+        query = _historyQuery(request)
+        if archiver is not None:
+            page = await archiver.query(localpart, query)
+        else:
+            page = await self.store.queryArchive(localpart, query)
+        return Reply(200, {
+            "messages": [historyItem(entry, self.config.domain) for entry in page.entries],
+            "first": page.entries[0].id if page.entries else None,
+            "last": page.entries[-1].id if page.entries else None,
+            "complete": page.complete,
+            "count": page.count,
+        })
+
     async def getHealth(
         self, request: server.Request, params: dict[str, str], body: None, localpart: None
     ) -> Reply:
@@ -844,6 +954,44 @@ SCHEMAS: dict[str, Any] = {
             }
         },
     },
+    "History": {
+        "type": "object",
+        "required": ["messages", "first", "last", "complete", "count"],
+        "properties": {
+            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/HistoryMessage"}},
+            "first": {"type": ["string", "null"], "description": "id of the first message here"},
+            "last": {"type": ["string", "null"], "description": "id of the last message here"},
+            "complete": {
+                "type": "boolean",
+                "description": "the page reaches the end in its direction: the newest message "
+                               "when paging forwards, the oldest when paging backwards",
+            },
+            "count": {"type": "integer", "description": "messages matching the filters, "
+                                                        "all pages together"},
+        },
+    },
+    "HistoryMessage": {
+        "type": "object",
+        "description": "An archived message: the keys of a message frame of the JSON dialect "
+                       "(docs/json-dialect.md), except that `id` is the archive id (the "
+                       "stanza_id) and the message's own id is `message_id`.",
+        "required": ["id", "stamp", "from", "to", "type", "body", "message_id", "delay",
+                     "stanza_id", "direction", "with"],
+        "properties": {
+            "id": {"type": "string", "description": "archive id, the XEP-0359 stanza-id"},
+            "stamp": {"type": "string", "description": "when the server routed it, ISO 8601 UTC"},
+            "from": {"type": "string"},
+            "to": {"type": "string"},
+            "type": {"enum": ["chat", "normal"]},
+            "body": {"type": "string"},
+            "message_id": {"type": "string", "description": "the sender's id, '' if none"},
+            "delay": {"type": "object", "properties": {"stamp": {"type": "string"},
+                                                       "from": {"type": ["string", "null"]}}},
+            "stanza_id": {"type": "string", "description": "the same as id"},
+            "direction": {"enum": ["in", "out"]},
+            "with": {"type": "string", "description": "bare JID of the other party"},
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status", "store"],
@@ -906,6 +1054,8 @@ def openAPI(domain: str = "localhost") -> dict[str, Any]:
                 "schema": {"type": "string"},
                 "description": f"a localpart, or a bare JID of {domain}",
             }]
+        if op.query:
+            operation.setdefault("parameters", []).extend(dict(p) for p in op.query)
         if op.body is not None:
             operation["requestBody"] = {
                 "required": True,

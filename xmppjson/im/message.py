@@ -97,19 +97,24 @@ class MessageHandler:
             elif child.name == "delay" and child.uri == NS_DELAY and child.getAttribute("from") == domain:
                 del children[index]
 
-    def route(self, message: domish.Element, target: JID, sender: "Session | None" = None) -> None:
+    def route(self, message: domish.Element, target: JID, sender: "Session | None" = None,
+              redelivery: bool = False) -> None:
         """
         Deliver a message to a local JID: the named resource, else the best resources of the
         bare JID, else offline storage, else an error to the sender.
+
+        @param redelivery: the message was routed before and is being routed again (a door
+            handed it back): it keeps its stanza-id, and observers (archive, ...) are not told
+            twice about it.
         """
         bare = target.userhost()
         mtype = message.getAttribute("type", "normal")
         if target.resource:
             session = self.router.session(bare, target.resource)
             if session is not None:
-                self._stampId(message, bare)
+                self._stampId(message, bare, redelivery)
                 session.deliver(message)
-                if self.observers:
+                if self.observers and not redelivery:
                     self._observe(message, bare, [session], sender)
                 return
             if mtype in ("error", "headline"):
@@ -122,15 +127,15 @@ class MessageHandler:
             if mtype == "groupchat":
                 self._bounce(message, sender, "service-unavailable")
                 return
-            self._stampId(message, bare)
+            self._stampId(message, bare, redelivery)
             for session in targets:
                 session.deliver(message)
-            if self.observers:
+            if self.observers and not redelivery:
                 self._observe(message, bare, targets, sender)
             return
         if mtype in ("error", "headline"):
             return
-        d = defer.ensureDeferred(self._offline(message, bare, mtype, sender))
+        d = defer.ensureDeferred(self._offline(message, bare, mtype, sender, redelivery))
         d.addErrback(self._offlineFailed, message, sender)
         if not d.called:
             self._storing.add(d)
@@ -154,9 +159,12 @@ class MessageHandler:
             except Exception:
                 self.log.failure("Message observer {o} failed", o=observer)
 
-    def _stampId(self, message: domish.Element, by: str) -> None:
+    def _stampId(self, message: domish.Element, by: str, keep: bool = False) -> None:
         """
         Add the server's XEP-0359 stanza-id, removing any a client forged in our name.
+
+        @param keep: keep the stanza-id by C{by} the message already has (a redelivery): the
+            id is the message's id in the archive and for de-duplicating clients.
         """
         children = message.children
         for index in range(len(children) - 1, -1, -1):
@@ -167,12 +175,15 @@ class MessageHandler:
                 and child.uri == NS_SID
                 and child.getAttribute("by") == by
             ):
+                if keep and child.getAttribute("id"):
+                    return
                 del children[index]
         sid = message.addElement((NS_SID, "stanza-id"))
         sid["by"] = by
         sid["id"] = newStanzaId()
 
-    async def _offline(self, message: domish.Element, bare: str, mtype: str, sender: "Session | None") -> None:
+    async def _offline(self, message: domish.Element, bare: str, mtype: str, sender: "Session | None",
+                       redelivery: bool = False) -> None:
         """
         Store a message for a user who has no eligible session.  While the store is unavailable
         the attempt is repeated after each of C{config.offlineRetryDelays} seconds (on the
@@ -185,10 +196,10 @@ class MessageHandler:
             if attempt:
                 await task.deferLater(self.server.reactor, delays[attempt - 1], lambda: None)
                 if self.router.messageTargets(bare):
-                    self.route(message, JID(bare), sender)
+                    self.route(message, JID(bare), sender, redelivery)
                     return
             try:
-                await self._storeOffline(message, bare, mtype, sender)
+                await self._storeOffline(message, bare, mtype, sender, redelivery)
                 return
             except StoreUnavailable:
                 if attempt == len(delays):
@@ -197,7 +208,7 @@ class MessageHandler:
                               "again in {delay}s", bare=bare, delay=delays[attempt])
 
     async def _storeOffline(self, message: domish.Element, bare: str, mtype: str,
-                            sender: "Session | None") -> None:
+                            sender: "Session | None", redelivery: bool) -> None:
         localpart = bare.split("@", 1)[0]
         if not self.router.hasSessions(bare) and not await self.store.userExists(localpart):
             self._bounce(message, sender, "service-unavailable")
@@ -209,7 +220,7 @@ class MessageHandler:
             # Chat states and receipts are about now: never stored (contract).
             return
         when = now(self.server.reactor)
-        self._stampId(message, bare)
+        self._stampId(message, bare, redelivery)
         delay = firstChild(message, "delay", NS_DELAY)
         addDelay(message, when, self.domain)
         try:
@@ -221,7 +232,7 @@ class MessageHandler:
                 if ours is not None:
                     message.children.remove(ours)
             raise
-        if self.observers:
+        if self.observers and not redelivery:
             self._observe(message, bare, [], sender)
         # A session may have become reachable while we were storing: hand it over now.
         if self.router.messageTargets(bare):
@@ -291,4 +302,4 @@ class MessageHandler:
             return
         if session.jid.host != self.domain:
             return
-        self.route(message, session.jid.userhostJID())
+        self.route(message, session.jid.userhostJID(), redelivery=True)

@@ -28,6 +28,7 @@ from twisted.words.xish import domish
 
 from xmppjson.config import Config
 from xmppjson.error import ResourceConstraint, asError
+from xmppjson.im.archive import Archive
 from xmppjson.im.blocking import Blocking
 from xmppjson.im.carbons import Carbons, isCarbon
 from xmppjson.im.iq import IQHandler
@@ -50,6 +51,7 @@ class IMServer:
     @ivar presence: L{PresenceHandler}.
     @ivar messages: L{MessageHandler}.
     @ivar iq: L{IQHandler} (register more iq services on it).
+    @ivar archive: L{Archive}, the message archive (XEP-0313).
     @ivar vcards: L{VCards}, profiles as vCards and avatar hashes (XEP-0054, XEP-0153).
     @ivar last: L{LastActivity} (XEP-0012).
     @ivar blocking: L{Blocking}, blocklists (XEP-0191).
@@ -69,6 +71,8 @@ class IMServer:
         self.presence = PresenceHandler(self)
         self.messages = MessageHandler(self)
         self.iq = IQHandler(self)
+        # After messages and iq: it observes the one and registers with the other.
+        self.archive = Archive(self)
         # Also after messages and iq.  Blocking filters messages before routing; carbons
         # observe them after.
         self.vcards = VCards(self)
@@ -207,7 +211,11 @@ class IMServer:
                 session.close("system-shutdown", "the server is shutting down")
             except Exception:
                 self.log.failure("Closing {s} failed", s=session)
+        # Started before the first await, so that its writes reach the store before the
+        # service stopping next closes it.
+        archived = defer.Deferred.fromCoroutine(self.archive.close())
         await self.presence.lastSeen.flush()
+        await archived
 
     # stanzas -----------------------------------------------------------------
 

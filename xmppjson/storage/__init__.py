@@ -228,6 +228,33 @@ class IStore(Interface):
         ignored); fires with how many were deleted.
         """
 
+    # ---- message archive (XEP-0313); see ArchiveEntry and ArchiveQuery below ----
+
+    def archiveMessages(entries: list[ArchiveEntry]) -> Any:
+        """
+        Append copies of messages to their owners' archives, in the given order, atomically.
+        An entry whose id is already in its owner's archive, or whose owner no longer exists,
+        is skipped; fires with how many were written.
+        """
+
+    def queryArchive(owner: str, query: ArchiveQuery) -> Any:
+        """
+        Fire with one L{ArchivePage} of the owner's archive; fails with L{UnknownArchiveId}
+        when an id the query names is not in that archive.
+        """
+
+    def archiveBounds(owner: str) -> Any:
+        """
+        Fire with C{(first, last)}: the oldest and newest L{ArchiveEntry} of the owner's
+        archive, or C{(None, None)} when it is empty.
+        """
+
+    def purgeArchive(before: datetime.datetime, limit: int = 10000) -> Any:
+        """
+        Delete at most C{limit} archived messages stamped before C{before}, from every
+        archive; fires with how many (call again while it returns C{limit}).
+        """
+
     # ---- blocklist (XEP-0191), schema version 2 ----
 
     def getBlocklist(localpart: str) -> Any:
@@ -247,6 +274,92 @@ class IStore(Interface):
         Remove JIDs from the user's blocklist (C{None}: every one); fires with those that
         were in it, sorted.
         """
+
+
+# ---- message archive (XEP-0313) ----------------------------------------------------------
+
+
+class UnknownArchiveId(XMPPJSONError):
+    """A query names an archive id (stanza-id) that is not in the archive."""
+
+    condition = "item-not-found"
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """
+    One copy of a message in one user's archive.
+
+    @ivar owner: the localpart whose archive holds the copy.
+    @ivar id: the server's stanza-id (XEP-0359), unique within the owner's archive.
+    @ivar stamp: when the server routed the message (UTC, aware).
+    @ivar withJID: the bare JID of the other party (the domain for server messages).
+    @ivar withResource: the other party's resource, C{""} if the address had none.
+    @ivar outgoing: the owner sent it (C{False}: the owner received it).
+    @ivar xml: the serialised C{<message/>}, as routed.
+    """
+
+    owner: str
+    id: str
+    stamp: datetime.datetime
+    withJID: str
+    withResource: str
+    outgoing: bool
+    xml: str
+
+
+@dataclass(frozen=True)
+class ArchiveQuery:
+    """
+    What to read from one archive: filters (XEP-0313 form fields) and one page of them
+    (XEP-0059 result set management).  Results are always in archive order, oldest first.
+
+    @ivar withJID: only messages with this bare JID.
+    @ivar withResource: with C{withJID}, only messages with this resource of it.
+    @ivar start: only messages stamped at or after this instant.
+    @ivar end: only messages stamped at or before this instant.
+    @ivar afterId: only messages after this archive id (filter).
+    @ivar beforeId: only messages before this archive id (filter).
+    @ivar ids: only the messages with these archive ids.
+    @ivar after: the page starts right after this archive id.
+    @ivar before: the page ends right before this archive id; C{""} asks for the last page.
+        With C{before} and without C{after} the page is counted from its end.
+    @ivar max: the most messages on the page (0: only count).
+    """
+
+    withJID: str | None = None
+    withResource: str | None = None
+    start: datetime.datetime | None = None
+    end: datetime.datetime | None = None
+    afterId: str | None = None
+    beforeId: str | None = None
+    ids: tuple[str, ...] | None = None
+    after: str | None = None
+    before: str | None = None
+    max: int = 50
+
+    @property
+    def backward(self) -> bool:
+        """Whether the page is taken from the end of the range (RSM C{before} alone)."""
+        return self.before is not None and self.after is None
+
+
+@dataclass(frozen=True)
+class ArchivePage:
+    """
+    One page of an archive query.
+
+    @ivar entries: the page, oldest first.
+    @ivar complete: the page reaches the end of the filtered messages in the paging direction
+        (the newest one going forwards, the oldest one going backwards).
+    @ivar count: how many messages match the filters, all pages together.
+    @ivar index: the position of C{entries[0]} among them (C{None} for an empty page).
+    """
+
+    entries: list[ArchiveEntry]
+    complete: bool
+    count: int
+    index: int | None
 
 
 def openStore(url: str, reactor: Any = None) -> Any:

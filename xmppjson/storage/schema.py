@@ -20,6 +20,8 @@ groups are a JSON array in text.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 # The table that records which migrations have been applied.  It is not itself a migration,
 # because reading it is how a store learns which migrations it needs.
 VERSION_TABLE = (
@@ -146,6 +148,31 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (
+        3,
+        [
+            # The message archive (XEP-0313): one row per copy, so a message between two local
+            # users is two rows, one in each party's archive.  "id" orders the archive (the
+            # order messages were routed in); "sid" is the XEP-0359 stanza-id clients see and
+            # page with, unique within one archive.
+            (
+                "CREATE TABLE archive ("
+                " id {serial},"
+                " owner TEXT NOT NULL REFERENCES users (localpart) ON DELETE CASCADE,"
+                " sid TEXT NOT NULL,"
+                " stamp {timestamp} NOT NULL,"
+                " with_jid TEXT NOT NULL,"
+                " with_resource TEXT NOT NULL DEFAULT '',"
+                " outgoing {bool} NOT NULL,"
+                " xml TEXT NOT NULL)"
+            ),
+            "CREATE UNIQUE INDEX archive_owner_sid ON archive (owner, sid)",
+            # Paging through one archive, whole or with one contact; the purge goes by time.
+            "CREATE INDEX archive_owner_id ON archive (owner, id)",
+            "CREATE INDEX archive_owner_with ON archive (owner, with_jid, id)",
+            "CREATE INDEX archive_stamp ON archive (stamp)",
+        ],
+    ),
+    (
         4,
         [
             # Clustering (xmppjson.cluster, docs/clustering.md): only nodes started with the
@@ -187,7 +214,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
 ]
 
-CURRENT_VERSION: int = MIGRATIONS[-1][0]
+# The highest version, whatever order the list was appended in.
+CURRENT_VERSION: int = max(number for number, _ in MIGRATIONS)
 
 
 def render(statement: str, dialect: str) -> str:
@@ -201,6 +229,23 @@ def render(statement: str, dialect: str) -> str:
     return statement.format(**DIALECTS[dialect])
 
 
+def migrationsMissing(applied: Collection[int], dialect: str) -> list[tuple[int, list[str]]]:
+    """
+    The migrations a database that recorded the versions C{applied} still needs, oldest first,
+    rendered for C{dialect}.  Versions are independent of each other (each creates its own
+    tables), so one missing below the highest applied is applied too.
+
+    @param applied: the versions in the database's C{schema_version} table.
+    @param dialect: a key of L{DIALECTS}.
+    """
+    done = set(applied)
+    return [
+        (number, [render(statement, dialect) for statement in statements])
+        for number, statements in sorted(MIGRATIONS, key=lambda migration: migration[0])
+        if number not in done
+    ]
+
+
 def migrationsAfter(version: int, dialect: str) -> list[tuple[int, list[str]]]:
     """
     The migrations a database at C{version} still needs, oldest first, rendered for C{dialect}.
@@ -210,6 +255,6 @@ def migrationsAfter(version: int, dialect: str) -> list[tuple[int, list[str]]]:
     """
     return [
         (number, [render(statement, dialect) for statement in statements])
-        for number, statements in MIGRATIONS
+        for number, statements in sorted(MIGRATIONS, key=lambda migration: migration[0])
         if number > version
     ]

@@ -42,10 +42,14 @@ from twisted.python.failure import Failure
 from xmppjson.error import Conflict, StoreUnavailable
 from xmppjson.storage import (
     PROFILE_FIELDS,
+    ArchiveEntry,
+    ArchivePage,
+    ArchiveQuery,
     Credentials,
     OfflineMessage,
     RosterItem,
     ScramKeys,
+    UnknownArchiveId,
     UnknownUser,
     UserExists,
     schema,
@@ -310,13 +314,17 @@ class SQLStore:
             self._runExecute(schema.render(schema.VERSION_TABLE, self.dialect), ())
         )
         while True:
-            current = await self._schemaVersion()
+            applied = await self._appliedVersions()
+            current = max(applied, default=0)
             if current > schema.CURRENT_VERSION:
                 raise SchemaTooNew(
                     f"the database schema is at version {current}, newer than the "
                     f"{schema.CURRENT_VERSION} this server knows; upgrade xmppjson"
                 )
-            pending = schema.migrationsAfter(current, self.dialect)
+            # Every migration not applied yet, not only those above the highest applied: the
+            # features that own the versions land in any order, so a database may have been
+            # created by code that knew 1 and 4 but not yet 2 and 3.
+            pending = schema.migrationsMissing(applied, self.dialect)
             if not pending:
                 return
             for version, statements in pending:
@@ -340,6 +348,10 @@ class SQLStore:
                     version=version,
                 )
                 self.migrationsApplied.append(version)
+
+    async def _appliedVersions(self) -> set[int]:
+        rows = await self._mapped(self._runFetch("SELECT version FROM schema_version", ()))
+        return {int(row[0]) for row in rows}
 
     async def _schemaVersion(self) -> int:
         rows = await self._mapped(
@@ -733,6 +745,183 @@ class SQLStore:
             )
         results = await self._batch(statements)
         return sum(len(rows) for rows in results)
+
+    # ---------------------------------------------------------------- message archive
+
+    # Rows per INSERT statement: 7 parameters each stays far below SQLite's 32766 limit, and
+    # one statement per hundred rows keeps a batch to a few round trips on PostgreSQL.
+    _ARCHIVE_ROWS_PER_STATEMENT = 100
+    _ARCHIVE_COLUMNS = "id, sid, stamp, with_jid, with_resource, outgoing, xml"
+
+    def _archiveInserts(self, entries: Sequence[ArchiveEntry]) -> list[Statement]:
+        statements: list[Statement] = []
+        step = self._ARCHIVE_ROWS_PER_STATEMENT
+        for start in range(0, len(entries), step):
+            chunk = entries[start : start + step]
+            marks = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+            params: list[Any] = []
+            for e in chunk:
+                params.extend(
+                    (e.owner, e.id, self._ts(e.stamp), e.withJID, e.withResource,
+                     bool(e.outgoing), e.xml)
+                )
+            # One multi-row VALUES list is inserted in its order, so the serial "id" keeps
+            # the order the messages were routed in.
+            sql = (
+                "INSERT INTO archive"
+                " (owner, sid, stamp, with_jid, with_resource, outgoing, xml)"
+                f" VALUES {marks} ON CONFLICT (owner, sid) DO NOTHING RETURNING id"
+            )
+            statements.append((sql, params))
+        return statements
+
+    @_deferred
+    async def archiveMessages(self, entries: list[ArchiveEntry]) -> int:
+        """
+        Append message copies to their owners' archives in one transaction, in order; skip
+        ids already archived and owners that no longer exist.  Fires with how many were
+        written.
+        """
+        if not entries:
+            return 0
+        try:
+            results = await self._batch(self._archiveInserts(entries))
+        except IntegrityViolation:
+            # Only the owner's foreign key can fail (duplicates are skipped): an account was
+            # deleted while its messages waited.  Keep everybody else's.
+            owners = sorted({e.owner for e in entries})
+            marks = ", ".join(["%s"] * len(owners))
+            rows = await self._fetch(
+                f"SELECT localpart FROM users WHERE localpart IN ({marks})", owners
+            )
+            existing = {row[0] for row in rows}
+            kept = [e for e in entries if e.owner in existing]
+            if not kept:
+                return 0
+            results = await self._batch(self._archiveInserts(kept))
+        return sum(len(rows) for rows in results)
+
+    def _archiveEntry(self, owner: str, row: tuple[Any, ...]) -> ArchiveEntry:
+        _, sid, stamp, withJID, withResource, outgoing, xml = row
+        return ArchiveEntry(
+            owner, sid, self._timestampFromDB(stamp), withJID, withResource or "",
+            bool(outgoing), xml,
+        )
+
+    @_deferred
+    async def queryArchive(self, owner: str, query: ArchiveQuery) -> ArchivePage:
+        """
+        One page of the owner's archive (see L{ArchiveQuery}); fails with L{UnknownArchiveId}
+        when C{afterId}, C{beforeId}, C{after} or C{before} names an id not in the archive.
+        """
+        # Archive ids are opaque strings; the order is the serial's, so look those up first.
+        named = sorted({i for i in (query.afterId, query.beforeId, query.after, query.before) if i})
+        serials: dict[str, int] = {}
+        if named:
+            marks = ", ".join(["%s"] * len(named))
+            rows = await self._fetch(
+                f"SELECT sid, id FROM archive WHERE owner = %s AND sid IN ({marks})",
+                (owner, *named),
+            )
+            serials = {sid: int(serial) for sid, serial in rows}
+            for sid in named:
+                if sid not in serials:
+                    raise UnknownArchiveId(f"no message with id {sid!r} in the archive")
+
+        where = ["owner = %s"]
+        params: list[Any] = [owner]
+        if query.withJID is not None:
+            where.append("with_jid = %s")
+            params.append(query.withJID)
+            if query.withResource is not None:
+                where.append("with_resource = %s")
+                params.append(query.withResource)
+        if query.start is not None:
+            where.append("stamp >= %s")
+            params.append(self._ts(query.start))
+        if query.end is not None:
+            where.append("stamp <= %s")
+            params.append(self._ts(query.end))
+        if query.afterId:
+            where.append("id > %s")
+            params.append(serials[query.afterId])
+        if query.beforeId:
+            where.append("id < %s")
+            params.append(serials[query.beforeId])
+        if query.ids is not None:
+            if not query.ids:
+                return ArchivePage([], True, 0, None)
+            where.append(f"sid IN ({', '.join(['%s'] * len(query.ids))})")
+            params.extend(query.ids)
+        filtered = " AND ".join(where)
+
+        entries: list[ArchiveEntry] = []
+        complete = True
+        if query.max > 0:
+            pageWhere = [filtered]
+            pageParams = list(params)
+            if query.after:
+                pageWhere.append("id > %s")
+                pageParams.append(serials[query.after])
+            if query.before:
+                pageWhere.append("id < %s")
+                pageParams.append(serials[query.before])
+            order = "DESC" if query.backward else "ASC"
+            # One row more than the page tells whether the page reaches the end.
+            rows = await self._fetch(
+                f"SELECT {self._ARCHIVE_COLUMNS} FROM archive WHERE {' AND '.join(pageWhere)}"
+                f" ORDER BY id {order} LIMIT %s",
+                (*pageParams, query.max + 1),
+            )
+            complete = len(rows) <= query.max
+            rows = rows[: query.max]
+            if query.backward:
+                rows.reverse()
+            entries = [self._archiveEntry(owner, row) for row in rows]
+            firstSerial = int(rows[0][0]) if rows else None
+        else:
+            firstSerial = None
+
+        if firstSerial is None:
+            counted = await self._fetch(f"SELECT COUNT(*) FROM archive WHERE {filtered}", params)
+            count = int(counted[0][0])
+            if query.max == 0:
+                complete = count == 0
+            return ArchivePage(entries, complete, count, None)
+        counted = await self._fetch(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN id < %s THEN 1 ELSE 0 END), 0)"
+            f" FROM archive WHERE {filtered}",
+            (firstSerial, *params),
+        )
+        return ArchivePage(entries, complete, int(counted[0][0]), int(counted[0][1]))
+
+    @_deferred
+    async def archiveBounds(
+        self, owner: str
+    ) -> tuple[ArchiveEntry | None, ArchiveEntry | None]:
+        """Fire with the oldest and the newest entry of the owner's archive (or C{None}s)."""
+        bounds: list[ArchiveEntry | None] = []
+        for order in ("ASC", "DESC"):
+            rows = await self._fetch(
+                f"SELECT {self._ARCHIVE_COLUMNS} FROM archive WHERE owner = %s"
+                f" ORDER BY id {order} LIMIT 1",
+                (owner,),
+            )
+            bounds.append(self._archiveEntry(owner, rows[0]) if rows else None)
+        return bounds[0], bounds[1]
+
+    @_deferred
+    async def purgeArchive(self, before: datetime.datetime, limit: int = 10000) -> int:
+        """
+        Delete at most C{limit} archived messages stamped before C{before}; fires with how
+        many.  Bounded so that one purge never holds the database for long.
+        """
+        rows = await self._fetch(
+            "DELETE FROM archive WHERE id IN"
+            " (SELECT id FROM archive WHERE stamp < %s LIMIT %s) RETURNING id",
+            (self._ts(before), int(limit)),
+        )
+        return len(rows)
 
     # ---------------------------------------------------------------- blocklist (XEP-0191)
 

@@ -1,0 +1,583 @@
+"""
+The message archive (XEP-0313, Message Archive Management) and the queries every door makes of
+it: XMPP clients with C{urn:xmpp:mam:2} iqs, web clients with the JSON dialect's C{history} iq
+(translated to the same iq by L{xmppjson.jsonstanza}), REST clients with C{GET /me/history}.
+
+Writing is off the delivery path.  L{Archive.observe} is a message observer
+(L{xmppjson.im.message.MessageHandler.observers}): it runs after the message was delivered (or
+stored offline) and only puts a reference to it in an in-memory queue, a microsecond or two.
+The queue is written in batches, one transaction each, when it holds L{Archive.batchSize}
+messages or L{Archive.interval} seconds after its first message, whichever comes first; a
+query writes what is queued before it reads, so nobody misses what was just sent.  The queue is
+bounded (L{Archive.maxQueue}): when the database is away for long the newest messages are not
+archived, and a log line says how many.
+
+Archived are messages of type C{chat} or C{normal} with a body or a subject (what offline storage
+keeps too), unless they carry a XEP-0334 C{no-store} or C{no-permanent-store} hint.  Each message
+between two local users is archived twice, once in each party's archive, under the same id: the
+XEP-0359 stanza-id the recipient got in C{<stanza-id by='recipient@domain'/>}.  See
+C{docs/history.md} for every decision.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from xmppjson.error import BadRequest, StoreUnavailable, XMPPJSONError
+from xmppjson.im.stanzas import (
+    NS_CLIENT,
+    NS_DELAY,
+    NS_SID,
+    firstChild,
+    iqResult,
+    makeElement,
+    parseStanza,
+    stamp,
+    tryJID,
+)
+from xmppjson.storage import ArchiveEntry, ArchivePage, ArchiveQuery
+
+if TYPE_CHECKING:
+    from xmppjson.im.server import IMServer
+    from xmppjson.session import Session
+
+NS_MAM = "urn:xmpp:mam:2"
+NS_MAM_EXTENDED = "urn:xmpp:mam:2#extended"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_DATA = "jabber:x:data"
+NS_HINTS = "urn:xmpp:hints"
+
+#: Messages on one page when the query does not say.
+DEFAULT_PAGE = 50
+#: The most messages on one page, whatever the query asks for (XEP-0059 lets the server
+#: return fewer than C{max}).
+MAX_PAGE = 250
+#: The most ids one C{ids} filter may name.
+MAX_IDS = MAX_PAGE
+
+#: The query form's fields (XEP-0313 4.1 and the C{#extended} ones), in the order the form
+#: lists them.
+FORM_FIELDS: tuple[tuple[str, str], ...] = (
+    ("with", "jid-single"),
+    ("start", "text-single"),
+    ("end", "text-single"),
+    ("after-id", "text-single"),
+    ("before-id", "text-single"),
+    ("ids", "text-multi"),
+)
+
+
+class FeatureNotImplemented(XMPPJSONError):
+    condition = "feature-not-implemented"
+
+
+# -- parsing queries (shared by every door) -------------------------------------------------
+
+
+def parseStamp(text: str, name: str) -> datetime.datetime:
+    """
+    A XEP-0082 DateTime (C{2024-05-17T12:30:15Z}, fractions and offsets allowed) as an aware
+    datetime.
+
+    @raise BadRequest: not a date-time with a time zone.
+    """
+    value = text.strip()
+    try:
+        if "T" not in value:
+            raise ValueError("no time")
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name}: {text!r} is not a XEP-0082 date-time "
+                         "(like 2024-05-17T12:30:15Z)") from None
+    if parsed.tzinfo is None:
+        raise BadRequest(f"{name}: {text!r} has no time zone (end it with Z)")
+    return parsed
+
+
+def withFilter(text: str) -> tuple[str, str | None]:
+    """
+    The C{with} filter: a bare JID matches every resource of it, a full JID only that one.
+
+    @return: C{(bare JID, resource or None)}.
+    @raise BadRequest: (C{jid-malformed}) not a JID.
+    """
+    jid = tryJID(text.strip())
+    if jid is None:
+        raise BadRequest(f"with: {text!r} is not a valid JID", condition="jid-malformed")
+    return jid.userhost(), jid.resource or None
+
+
+def pageSize(value: int | None) -> int:
+    """The page size for a requested C{max}: the default when absent, at most L{MAX_PAGE}."""
+    if value is None:
+        return DEFAULT_PAGE
+    if value < 0:
+        raise BadRequest("max: must not be negative")
+    return min(value, MAX_PAGE)
+
+
+def _intText(text: str, name: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or len(value) > 9:
+        raise BadRequest(f"{name}: {text!r} is not a whole number")
+    return int(value)
+
+
+def _fieldValues(form: domish.Element) -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {}
+    for field in form.elements(NS_DATA, "field"):
+        var = field.getAttribute("var")
+        if not var:
+            raise BadRequest("a form field without var")
+        fields[var] = [str(value) for value in field.elements(NS_DATA, "value")]
+    return fields
+
+
+def parseMAMQuery(query: domish.Element) -> ArchiveQuery:
+    """
+    The L{ArchiveQuery} a XEP-0313 C{<query/>} asks for: its data form (C{with}, C{start},
+    C{end}, C{after-id}, C{before-id}, C{ids}) and its XEP-0059 C{<set/>} (C{max}, C{after},
+    C{before}).
+
+    @raise BadRequest: a malformed form or set, or a field this archive does not know.
+    @raise FeatureNotImplemented: an RSM C{<index/>} (jumping to a position).
+    """
+    if query.getAttribute("node"):
+        raise XMPPJSONError("only the user's own archive is here, not nodes",
+                            condition="item-not-found")
+    arguments: dict[str, Any] = {}
+    form = firstChild(query, "x", NS_DATA)
+    if form is not None:
+        if form.getAttribute("type", "submit") != "submit":
+            raise BadRequest("the query form must be of type submit")
+        fields = _fieldValues(form)
+        formType = fields.pop("FORM_TYPE", [NS_MAM])
+        if formType != [NS_MAM]:
+            raise BadRequest(f"FORM_TYPE must be {NS_MAM}")
+        known = {name for name, _ in FORM_FIELDS}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise BadRequest(f"unknown query field(s): {', '.join(unknown)}")
+        single = {name: (values[0] if values else "") for name, values in fields.items()}
+        # An empty value is how some clients leave a field unset.
+        if single.get("with", "").strip():
+            arguments["withJID"], arguments["withResource"] = withFilter(single["with"])
+        for name in ("start", "end"):
+            if single.get(name, "").strip():
+                arguments[name] = parseStamp(single[name], name)
+        for name, key in (("after-id", "afterId"), ("before-id", "beforeId")):
+            if single.get(name, "").strip():
+                arguments[key] = single[name].strip()
+        if "ids" in fields:
+            ids = tuple(dict.fromkeys(v.strip() for v in fields["ids"] if v.strip()))
+            if len(ids) > MAX_IDS:
+                raise BadRequest(f"ids: at most {MAX_IDS}")
+            arguments["ids"] = ids
+    rsm = firstChild(query, "set", NS_RSM)
+    requested: int | None = None
+    if rsm is not None:
+        for child in rsm.elements():
+            if child.uri != NS_RSM:
+                continue
+            if child.name == "max":
+                requested = _intText(str(child), "max")
+            elif child.name == "after":
+                if not str(child).strip():
+                    raise BadRequest("after: needs an id")
+                arguments["after"] = str(child).strip()
+            elif child.name == "before":
+                arguments["before"] = str(child).strip()
+            elif child.name == "index":
+                raise FeatureNotImplemented("paging by index is not supported; use after/before")
+    arguments["max"] = pageSize(requested)
+    return ArchiveQuery(**arguments)
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+def archivedMessage(entry: ArchiveEntry) -> domish.Element:
+    """The archived C{<message/>} of an entry, parsed back."""
+    return parseStanza(entry.xml)
+
+
+def forwarded(entry: ArchiveEntry, domain: str) -> domish.Element:
+    """
+    The XEP-0297 C{<forwarded/>} of an entry: its archive stamp as a XEP-0203 delay in the
+    server's name, and the message.
+    """
+    wrapper = domish.Element((NS_FORWARD, "forwarded"))
+    delay = wrapper.addElement((NS_DELAY, "delay"))
+    delay["stamp"] = stamp(entry.stamp)
+    delay["from"] = domain
+    wrapper.addChild(archivedMessage(entry))
+    return wrapper
+
+
+def resultMessage(entry: ArchiveEntry, to: str, frm: str, queryid: str | None,
+                  domain: str) -> domish.Element:
+    """One XEP-0313 result: a C{<message/>} carrying C{<result/>} with the forwarded entry."""
+    message = makeElement("message", to=to, **{"from": frm})
+    result = message.addElement((NS_MAM, "result"))
+    if queryid is not None:
+        result["queryid"] = queryid
+    result["id"] = entry.id
+    result.addChild(forwarded(entry, domain))
+    return message
+
+
+def finElement(page: ArchivePage, backward: bool = False) -> domish.Element:
+    """
+    The C{<fin/>} that ends a query: whether it is complete, and the XEP-0059 C{<set/>}.
+
+    @param backward: the page was counted from its end (C{<before/>}).  Its C{<first/>} then
+        has no C{index} (optional in XEP-0059): clients that page backwards must go on until
+        C{complete}, and some (slixmpp) stop as soon as C{index} plus the page reaches the
+        count, which going backwards is the very first page.
+    """
+    fin = domish.Element((NS_MAM, "fin"))
+    fin["complete"] = "true" if page.complete else "false"
+    rsm = fin.addElement((NS_RSM, "set"))
+    if page.entries:
+        first = rsm.addElement("first", content=page.entries[0].id)
+        if page.index is not None and not backward:
+            first["index"] = str(page.index)
+        rsm.addElement("last", content=page.entries[-1].id)
+    rsm.addElement("count", content=str(page.count))
+    return fin
+
+
+def queryForm() -> domish.Element:
+    """The C{<query/>} answering a form request: every field a query may use."""
+    query = domish.Element((NS_MAM, "query"))
+    form = query.addElement((NS_DATA, "x"))
+    form["type"] = "form"
+    formType = form.addElement("field")
+    formType["var"], formType["type"] = "FORM_TYPE", "hidden"
+    formType.addElement("value", content=NS_MAM)
+    for name, kind in FORM_FIELDS:
+        field = form.addElement("field")
+        field["var"], field["type"] = name, kind
+    return query
+
+
+# -- the archive ----------------------------------------------------------------------------
+
+
+class Archive:
+    """
+    The message archive of every local user: writes routed messages in batches and answers
+    queries.
+
+    @ivar enabled: archiving is on (C{config.archive}); when off, nothing is written and
+        C{urn:xmpp:mam:2} is not offered.
+    @ivar days: retention in days (C{config.archiveDays}); 0 keeps messages forever.
+    @ivar batchSize: write as soon as this many messages are queued.
+    @ivar interval: write at the latest this many seconds after a message was queued.
+    @ivar maxQueue: the most messages waiting to be written; more are not archived (logged).
+    @ivar purgeInterval: seconds between two purges of messages older than C{days}.
+    @ivar written: rows written so far (two per message between two local users).
+    @ivar dropped: messages that could not be archived (queue full, or a failed write).
+    """
+
+    log = Logger()
+
+    batchSize = 200
+    interval = 0.1
+    maxQueue = 20000
+    #: The most messages one transaction writes.
+    maxBatch = 1000
+    #: Seconds to wait before writing again after the database was unavailable.
+    retryDelay = 1.0
+    purgeInterval = 3600.0
+    #: Rows one purge statement deletes, so that a big purge never holds the database long.
+    purgeChunk = 10000
+
+    def __init__(self, server: IMServer):
+        self.server = server
+        self.store = server.store
+        self.domain = server.domain
+        self.clock = server.reactor
+        self.enabled = server.config.archive
+        self.days = server.config.archiveDays
+        self._localSuffix = "@" + self.domain
+        # (routed at, stanza-id, recipient bare JID, message): nothing copied, parsed or
+        # serialised yet; the batch writer does that.
+        self._queue: list[tuple[Any, ...]] = []
+        self._timer: Any = None
+        self._lock = defer.DeferredLock()
+        # One warning per episode of trouble, and one line when it is over.
+        self._troubleLogged = False
+        self._droppedSinceLog = 0
+        self._closed = False
+        self.written = 0
+        self.dropped = 0
+        self._purger: task.LoopingCall | None = None
+        if not self.enabled:
+            return
+        server.messages.observers.append(self.observe)
+        server.iq.register(NS_MAM, self.handleIQ, account=True)
+        # Not an iq namespace but a disco feature of the account (before-id, after-id, ids,
+        # metadata); registering it is how the account's disco#info lists it.
+        server.iq.register(NS_MAM_EXTENDED, self._noSuchPayload, account=True)
+        if self.days > 0:
+            self._purger = task.LoopingCall(self._purgeInBackground)
+            self._purger.clock = self.clock
+            self._purger.start(self.purgeInterval, now=False)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def observe(self, message: domish.Element, bare: str, delivered: Sequence[Session],
+                sender: Session | None) -> None:
+        """
+        A message was routed to C{bare} (delivered, or stored offline): queue it for both
+        parties' archives.  This runs on every routed message, so it decides only whether the
+        message is archived and keeps a reference to it: the core never changes a message
+        once it is routed (a redelivery keeps its stanza-id, an offline delay stamp is
+        left out of the copy), and the copy is made by the batch writer.
+        """
+        mtype = message.attributes.get("type", "normal")
+        if mtype != "chat" and mtype != "normal":
+            return
+        sid = None
+        content = False
+        for child in message.children:
+            if type(child) is str:
+                continue
+            name = child.name
+            if name == "body" or name == "subject":
+                content = content or child.uri == NS_CLIENT or child.uri is None
+            elif name == "stanza-id":
+                if child.uri == NS_SID and child.attributes.get("by") == bare:
+                    sid = child.attributes.get("id")
+            elif child.uri == NS_HINTS and (name == "no-store" or name == "no-permanent-store"):
+                return  # XEP-0334: the sender asked for this message not to be kept
+        if not content or not sid:
+            return
+        queue = self._queue
+        if len(queue) >= self.maxQueue:
+            self._drop(1, "the write queue is full")
+            return
+        queue.append((self.clock.seconds(), sid, bare, message))
+        if len(queue) >= self.batchSize:
+            # Soon, not now: this call is still inside the route of a message.
+            self._schedule(0)
+        elif self._timer is None:
+            self._schedule(self.interval)
+
+    def _schedule(self, delay: float) -> None:
+        if self._closed:
+            return
+        if self._timer is not None:
+            if self._timer.getTime() <= self.clock.seconds() + delay:
+                return
+            self._timer.cancel()
+        self._timer = self.clock.callLater(delay, self._onTimer)
+
+    def _onTimer(self) -> None:
+        self._timer = None
+        d = defer.Deferred.fromCoroutine(self._drain(everything=True))
+        d.addErrback(lambda f: self.log.failure("Writing the message archive failed", f))
+
+    def _drop(self, n: int, why: str) -> None:
+        self.dropped += n
+        self._droppedSinceLog += n
+        if not self._troubleLogged:
+            self._troubleLogged = True
+            self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
+                "Message archive: {why}; messages are not being archived", why=why)
+
+    def _copy(self, message: domish.Element) -> domish.Element:
+        """
+        The message as archived: as routed, without what only this server adds (its
+        stanza-ids, stored apart as the archive id, and its offline delay stamp: the archive
+        has its own).  The core strips such elements from what clients send, so every one
+        left is the server's.
+        """
+        domain = self.domain
+        suffix = self._localSuffix
+        kept = []
+        for child in message.children:
+            if type(child) is not str:
+                if child.name == "stanza-id" and child.uri == NS_SID:
+                    by = child.attributes.get("by", "")
+                    if by == domain or by.endswith(suffix):
+                        continue
+                elif (child.name == "delay" and child.uri == NS_DELAY
+                      and child.attributes.get("from") == domain):
+                    continue
+            kept.append(child)
+        copy = domish.Element((message.uri, "message"), message.uri)
+        copy.attributes = message.attributes
+        copy.children = kept
+        return copy
+
+    def _entries(self, batch: list[tuple[Any, ...]]) -> list[ArchiveEntry]:
+        """The archive rows of queued messages: serialised once, one row per local party."""
+        entries: list[ArchiveEntry] = []
+        utc = datetime.UTC
+        domain = self.domain
+        for routedAt, sid, bare, message in batch:
+            xml = self._copy(message).toXml()
+            when = datetime.datetime.fromtimestamp(routedAt, utc)
+            owner = bare.partition("@")[0]
+            sender = tryJID(message.attributes.get("from"))
+            if sender is None:
+                # Not from a JID (the core always sets one): the recipient's copy only.
+                entries.append(ArchiveEntry(owner, sid, when, domain, "", False, xml))
+                continue
+            senderBare = sender.userhost()
+            entries.append(ArchiveEntry(owner, sid, when, senderBare, sender.resource or "",
+                                        False, xml))
+            if sender.user and sender.host == domain and senderBare != bare:
+                recipient = tryJID(message.attributes.get("to"))
+                resource = (recipient.resource if recipient is not None else None) or ""
+                entries.append(ArchiveEntry(sender.user, sid, when, bare, resource, True, xml))
+        return entries
+
+    async def _drain(self, everything: bool) -> None:
+        """
+        Write queued messages, a batch per transaction, one writer at a time (so the archive
+        order is the routing order).  Without C{everything} (the timer), write what is queued
+        and then go on only while a full batch waits: messages that arrive during a write
+        wait for the next timer, so a busy server still writes in batches.
+        """
+        async with self._lock:
+            first = True
+            while self._queue and (first or everything or len(self._queue) >= self.batchSize):
+                first = False
+                batch = self._queue[: self.maxBatch]
+                del self._queue[: self.maxBatch]
+                try:
+                    written = await self.store.archiveMessages(self._entries(batch))
+                except StoreUnavailable:
+                    # Keep them for a later attempt, oldest first, within the bound.
+                    self._queue[:0] = batch
+                    excess = len(self._queue) - self.maxQueue
+                    if excess > 0:
+                        del self._queue[self.maxQueue:]
+                        self._drop(excess, "the database is unavailable and the queue is full")
+                    elif not self._troubleLogged:
+                        self._troubleLogged = True
+                        self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
+                            "Message archive: the database is unavailable; {n} messages wait",
+                            n=len(self._queue))
+                    self._schedule(self.retryDelay)
+                    return
+                except Exception:  # noqa: BLE001 -- logged with its traceback, never silent
+                    # A bug, not the database being away: retrying would fail again.
+                    self.log.failure("Message archive: could not write {n} messages",
+                                     n=len(batch))
+                    self._drop(len(batch), "a write failed")
+                    continue
+                self.written += written
+                if self._troubleLogged:
+                    self.log.info("Message archive: writing again ({n} messages were lost)",
+                                  n=self._droppedSinceLog)
+                    self._troubleLogged = False
+                    self._droppedSinceLog = 0
+        if self._queue and self._timer is None:
+            self._schedule(self.interval)
+
+    async def flush(self) -> None:
+        """Write everything queued now (before a query, and at shutdown)."""
+        if self._queue or self._lock.locked:
+            await self._drain(everything=True)
+
+    async def close(self) -> None:
+        """Stop the timers and write what is queued.  Called by the core at shutdown."""
+        self._closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._purger is not None and self._purger.running:
+            self._purger.stop()
+        await self.flush()
+
+    # -- retention ----------------------------------------------------------------------
+
+    async def purge(self) -> int:
+        """
+        Delete every archived message older than the retention (C{archiveDays}); fires with
+        how many.  Nothing happens when messages are kept forever.
+        """
+        if self.days <= 0:
+            return 0
+        cut = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
+        cut -= datetime.timedelta(days=self.days)
+        total = 0
+        while True:
+            deleted = await self.store.purgeArchive(cut, self.purgeChunk)
+            total += deleted
+            if deleted < self.purgeChunk:
+                break
+        if total:
+            self.log.info("Message archive: purged {n} messages older than {days} days",
+                          n=total, days=self.days)
+        return total
+
+    def _purgeInBackground(self) -> defer.Deferred[Any]:
+        d = defer.Deferred.fromCoroutine(self.purge())
+        # A failed purge is retried at the next interval; the loop must keep running.
+        d.addErrback(lambda f: self.log.failure("Message archive: purge failed", f))
+        return d
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def query(self, localpart: str, query: ArchiveQuery) -> ArchivePage:
+        """One page of a user's archive, including what is still waiting to be written."""
+        await self.flush()
+        return await self.store.queryArchive(localpart, query)
+
+    # -- XEP-0313 -----------------------------------------------------------------------
+
+    def _noSuchPayload(self, session: Session, iq: domish.Element, child: domish.Element) -> Any:
+        raise XMPPJSONError("no payload lives in this namespace", condition="service-unavailable")
+
+    def handleIQ(self, session: Session, iq: domish.Element, child: domish.Element) -> Any:
+        """
+        C{urn:xmpp:mam:2} on the user's own account: C{get} of C{<query/>} (the form) or
+        C{<metadata/>}; C{set} of C{<query/>} (the results, then C{<fin/>}).
+        """
+        itype = iq.getAttribute("type")
+        if child.name == "query" and itype == "get":
+            reply = iqResult(iq)
+            reply.addChild(queryForm())
+            return reply
+        if child.name == "metadata" and itype == "get":
+            return self._metadata(session, iq)
+        if child.name == "query" and itype == "set":
+            return self._query(session, iq, child)
+        raise BadRequest(f"no MAM {child.name} {itype} here")
+
+    async def _metadata(self, session: Session, iq: domish.Element) -> domish.Element:
+        await self.flush()
+        first, last = await self.store.archiveBounds(session.localpart)
+        reply = iqResult(iq)
+        metadata = reply.addElement((NS_MAM, "metadata"))
+        for name, entry in (("start", first), ("end", last)):
+            if entry is not None:
+                bound = metadata.addElement(name)
+                bound["id"] = entry.id
+                bound["timestamp"] = stamp(entry.stamp)
+        return reply
+
+    async def _query(self, session: Session, iq: domish.Element,
+                     child: domish.Element) -> domish.Element:
+        query = parseMAMQuery(child)
+        queryid = child.getAttribute("queryid")
+        page = await self.query(session.localpart, query)
+        for entry in page.entries:
+            if not session.active:
+                break
+            session.deliver(resultMessage(entry, session.full, session.bare, queryid, self.domain))
+        reply = iqResult(iq)
+        reply.addChild(finElement(page, query.backward))
+        return reply
