@@ -246,6 +246,16 @@ class BatchingTests(_Base):
         self.assertEqual(bodies, ["0", "1", "2", "3", "4"])
 
     @_d
+    async def test_chatStatesNeverQueued(self) -> None:
+        """Typing notifications, the most frequent messages, cost the archive nothing more."""
+        core, _a, s = await self.pair()
+        for state in ("composing", "paused", "active"):
+            s.send(f"<message to='alicja@localhost' type='chat'>"
+                   f"<{state} xmlns='http://jabber.org/protocol/chatstates'/></message>")
+        self.assertEqual(core.im.archive._queue, [])
+        self.assertIsNone(core.im.archive._timer)
+
+    @_d
     async def test_fullBatchWrittenWithoutWaiting(self) -> None:
         core, _a, s = await self.pair()
         counting = _CountingStore(core)
@@ -304,7 +314,7 @@ class BatchingTests(_Base):
         await core.im.shutdown()
         page = await store.queryArchive("alicja", ArchiveQuery())
         self.assertEqual(page.count, 1)
-        self.assertEqual(core.clock.getDelayedCalls(), [])
+        self.assertIsNone(core.im.archive._timer)
 
 
 class RetentionTests(_Base):

@@ -5,7 +5,7 @@ it: XMPP clients with C{urn:xmpp:mam:2} iqs, web clients with the JSON dialect's
 
 Writing is off the delivery path.  L{Archive.observe} is a message observer
 (L{xmppjson.im.message.MessageHandler.observers}): it runs after the message was delivered (or
-stored offline) and only puts a reference to it in an in-memory queue, a microsecond or two.
+stored offline) and only puts a reference to it in an in-memory queue, about a microsecond.
 The queue is written in batches, one transaction each, when it holds L{Archive.batchSize}
 messages or L{Archive.interval} seconds after its first message, whichever comes first; a
 query writes what is queued before it reads, so nobody misses what was just sent.  The queue is
@@ -308,8 +308,8 @@ class Archive:
         self.enabled = server.config.archive
         self.days = server.config.archiveDays
         self._localSuffix = "@" + self.domain
-        # (routed at, stanza-id, recipient bare JID, message): nothing copied, parsed or
-        # serialised yet; the batch writer does that.
+        # (routed at, recipient bare JID, message): nothing copied, parsed or serialised
+        # yet; the batch writer does that.
         self._queue: list[tuple[Any, ...]] = []
         self._timer: Any = None
         self._lock = defer.DeferredLock()
@@ -338,34 +338,25 @@ class Archive:
                 sender: Session | None) -> None:
         """
         A message was routed to C{bare} (delivered, or stored offline): queue it for both
-        parties' archives.  This runs on every routed message, so it decides only whether the
-        message is archived and keeps a reference to it: the core never changes a message
-        once it is routed (a redelivery keeps its stanza-id, an offline delay stamp is
-        left out of the copy), and the copy is made by the batch writer.
+        parties' archives.  This runs on the route of every message, so it only drops what is
+        plainly not archived (other types, messages without a body or subject, such as chat
+        states) and keeps a reference: the core never changes a message once it is routed (a
+        redelivery keeps its stanza-id; an offline delay stamp is left out of the copy), and
+        everything else (namespaces, hints, the stanza-id, the copy) is the batch writer's.
         """
         mtype = message.attributes.get("type", "normal")
         if mtype != "chat" and mtype != "normal":
             return
-        sid = None
-        content = False
         for child in message.children:
-            if type(child) is str:
-                continue
-            name = child.name
-            if name == "body" or name == "subject":
-                content = content or child.uri == NS_CLIENT or child.uri is None
-            elif name == "stanza-id":
-                if child.uri == NS_SID and child.attributes.get("by") == bare:
-                    sid = child.attributes.get("id")
-            elif child.uri == NS_HINTS and (name == "no-store" or name == "no-permanent-store"):
-                return  # XEP-0334: the sender asked for this message not to be kept
-        if not content or not sid:
+            if type(child) is not str and (child.name == "body" or child.name == "subject"):
+                break
+        else:
             return
         queue = self._queue
         if len(queue) >= self.maxQueue:
             self._drop(1, "the write queue is full")
             return
-        queue.append((self.clock.seconds(), sid, bare, message))
+        queue.append((self.clock.seconds(), bare, message))
         if len(queue) >= self.batchSize:
             # Soon, not now: this call is still inside the route of a message.
             self._schedule(0)
@@ -394,38 +385,58 @@ class Archive:
             self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
                 "Message archive: {why}; messages are not being archived", why=why)
 
-    def _copy(self, message: domish.Element) -> domish.Element:
+    def _archived(self, message: domish.Element, bare: str) -> tuple[str, domish.Element] | None:
         """
-        The message as archived: as routed, without what only this server adds (its
-        stanza-ids, stored apart as the archive id, and its offline delay stamp: the archive
-        has its own).  The core strips such elements from what clients send, so every one
-        left is the server's.
+        Whether a queued message is archived, and how: its archive id (the stanza-id by
+        C{bare}) and the copy to store; C{None} when it is not archived (no body or subject in
+        C{jabber:client}, a XEP-0334 no-store hint, no stanza-id).
+
+        The copy is the message as routed, without what only this server adds: its stanza-ids
+        (the archive id is stored apart) and its offline delay stamp (the archive has its own
+        time).  The core strips such elements from what clients send, so every one left is the
+        server's.
         """
         domain = self.domain
         suffix = self._localSuffix
+        sid = None
+        content = False
         kept = []
         for child in message.children:
             if type(child) is not str:
-                if child.name == "stanza-id" and child.uri == NS_SID:
+                name = child.name
+                uri = child.uri
+                if name == "body" or name == "subject":
+                    content = content or uri == NS_CLIENT or uri is None
+                elif name == "stanza-id" and uri == NS_SID:
                     by = child.attributes.get("by", "")
+                    if by == bare:
+                        sid = child.attributes.get("id")
                     if by == domain or by.endswith(suffix):
                         continue
-                elif (child.name == "delay" and child.uri == NS_DELAY
-                      and child.attributes.get("from") == domain):
-                    continue
+                elif name == "delay" and uri == NS_DELAY:
+                    if child.attributes.get("from") == domain:
+                        continue
+                elif uri == NS_HINTS and (name == "no-store" or name == "no-permanent-store"):
+                    return None  # XEP-0334: the sender asked for this message not to be kept
             kept.append(child)
+        if not content or not sid:
+            return None
         copy = domish.Element((message.uri, "message"), message.uri)
         copy.attributes = message.attributes
         copy.children = kept
-        return copy
+        return sid, copy
 
     def _entries(self, batch: list[tuple[Any, ...]]) -> list[ArchiveEntry]:
         """The archive rows of queued messages: serialised once, one row per local party."""
         entries: list[ArchiveEntry] = []
         utc = datetime.UTC
         domain = self.domain
-        for routedAt, sid, bare, message in batch:
-            xml = self._copy(message).toXml()
+        for routedAt, bare, message in batch:
+            archived = self._archived(message, bare)
+            if archived is None:
+                continue
+            sid, copy = archived
+            xml = copy.toXml()
             when = datetime.datetime.fromtimestamp(routedAt, utc)
             owner = bare.partition("@")[0]
             sender = tryJID(message.attributes.get("from"))
