@@ -254,3 +254,17 @@ class ThrottleOptionsTests(unittest.TestCase):
         options = tap.Options(reactor=MemoryReactorClock())
         with self.assertRaises(usage.UsageError):
             options.parseOptions(["--auth-failure-period", "0"])
+
+
+class ArchiveAndProxyOptionsTests(unittest.TestCase):
+    def test_archiveAndProxies(self) -> None:
+        options = tap.Options(reactor=MemoryReactorClock())
+        options.parseOptions(["--no-archive", "--archive-days", "30", "--trusted-proxy", "10.0.0.2"])
+        config = options.toConfig()
+        self.assertEqual((config.archive, config.archiveDays), (False, 30))
+        self.assertEqual(config.trustedProxies, ("10.0.0.2",))
+
+    def test_archiveOnByDefault(self) -> None:
+        options = tap.Options(reactor=MemoryReactorClock())
+        options.parseOptions([])
+        self.assertTrue(options.toConfig().archive)

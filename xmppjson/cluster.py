@@ -1038,7 +1038,8 @@ class ClusterNode:
             return
         if element.name == "message":
             if element.getAttribute("type", "normal") not in ("error", "headline", "groupchat"):
-                im.messages.route(element, parseJID(full).userhostJID())
+                # Already stamped and archived when it was first routed.
+                im.messages.route(element, parseJID(full).userhostJID(), redelivery=True)
         elif element.name == "iq" and element.getAttribute("type") in ("get", "set"):
             reply = errorReply(element, "service-unavailable", sender=im.domain)
             sender = parseJID(reply["to"]) if reply.getAttribute("to") else None
@@ -1070,7 +1071,7 @@ class ClusterNode:
         for _, full, element in entries:
             self.stats["rerouted"] += 1
             try:
-                im.messages.route(element, parseJID(full).userhostJID())
+                im.messages.route(element, parseJID(full).userhostJID(), redelivery=True)
             except Exception:  # noqa: BLE001 - logged; the cluster carries on
                 self.log.failure("Node {node}: routing a message again failed", node=self.name)
 

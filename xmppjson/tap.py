@@ -72,6 +72,7 @@ class Options(usage.Options):
     optFlags = [
         ["allow-plaintext", None, "Allow SASL PLAIN on unencrypted streams (loopback, tests)."],
         ["cluster", None, "Run as one node of a cluster sharing the PostgreSQL --db (docs/clustering.md)."],
+        ["no-archive", None, "Keep no message archive (XEP-0313 and GET /me/history are then unavailable)."],
         ["verbose", "v", "Log wire traffic."],
     ]
 
@@ -127,6 +128,8 @@ class Options(usage.Options):
          _nonNegative("registration-period")],
         ["registration-exempt", None, "127.0.0.1,::1",
          "Comma-separated addresses never throttled for registration."],
+        ["archive-days", None, 0, "Days archived messages are kept; 0: forever.",
+         _nonNegative("archive-days", int)],
         ["node-name", None, "", "This node's name in a cluster, unique and stable (default: the host name)."],
         ["cluster-heartbeat", None, 2.0, "Seconds between two heartbeats of a cluster node.",
          _nonNegative("cluster-heartbeat")],
@@ -134,6 +137,10 @@ class Options(usage.Options):
          _nonNegative("cluster-timeout")],
         ["cluster-channel", None, "xj", "NOTIFY channel prefix (only when two clusters share a database)."],
     ]
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """A reverse proxy whose X-Forwarded-For names the client (repeatable; default: none)."""
+        self.setdefault("trusted-proxies", []).append(address)
 
     def opt_allowed_origin(self, origin: str) -> None:
         """Accept WebSocket connections only from this Origin (repeatable; default: any)."""
@@ -216,12 +223,15 @@ class Options(usage.Options):
             handshakeTimeout=self["handshake-timeout"],
             idleTimeout=self["idle-timeout"],
             allowedOrigins=tuple(self.get("allowed-origins", ())),
+            trustedProxies=tuple(self.get("trusted-proxies", ())),
             smResumeTimeout=self["sm-resume-timeout"],
             authFailureLimit=self["auth-failure-limit"],
             authFailurePeriod=self["auth-failure-period"],
             registrationsPerAddress=self["registrations-per-address"],
             registrationPeriod=self["registration-period"],
             registrationExempt=tuple(a.strip() for a in self["registration-exempt"].split(",") if a.strip()),
+            archive=not self["no-archive"],
+            archiveDays=self["archive-days"],
             cluster=bool(self["cluster"]),
             nodeName=self["node-name"],
             clusterHeartbeat=self["cluster-heartbeat"],
