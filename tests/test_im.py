@@ -450,3 +450,31 @@ class ForgeryTests(unittest.TestCase):
         self.assertEqual(len(ids), 1)
         self.assertNotIn(ids[0], ("fake", "fake2"))
         self.assertIsNone(firstChild(got, "delay", NS_DELAY))
+
+
+class OfflineOrderTests(unittest.TestCase):
+    @_d
+    async def test_burstToOfflineUserKeepsOrder(self):
+        """Each store round trip is slowed differently; the stored order is still the sent order."""
+        import random
+
+        from twisted.internet import reactor, task
+
+        core = await CoreFixture(self).start("alicja", "szymon")
+        original = core.store.storeOffline
+
+        async def jittery(*args, **kwargs):
+            await task.deferLater(reactor, random.random() * 0.01, lambda: None)
+            return await original(*args, **kwargs)
+
+        core.store.storeOffline = jittery
+        s = await core.connect("szymon@localhost/web", messagesAtOnce=True)
+        for i in range(20):
+            s.send(f"<message to='alicja@localhost' type='chat' id='b{i}'><body>{i}</body></message>")
+        stored = []
+        for _ in range(500):
+            stored = await core.store.getOffline("alicja")
+            if len(stored) == 20:
+                break
+            await settle(1)
+        self.assertEqual([parse(m.xml)["id"] for m in stored], [f"b{i}" for i in range(20)])

@@ -44,6 +44,7 @@ class MessageHandler:
         self.store = server.store
         self.domain = server.domain
         self._offlineLocks: dict[str, defer.DeferredLock] = {}
+        self._storeLocks: dict[str, defer.DeferredLock] = {}
         #: Offline messages being stored (retries included), for L{drain}.
         self._storing: set[defer.Deferred[None]] = set()
         #: Features that may stop a message before it is routed (blocking, ...): each is called
@@ -191,6 +192,20 @@ class MessageHandler:
         recipient becomes reachable meanwhile the message is delivered to it instead.  After the
         last delay the L{StoreUnavailable} propagates and L{_offlineFailed} bounces the message.
         """
+        # One recipient's messages are stored one after the other, in the order they came:
+        # with a pool of connections (PostgreSQL) concurrent inserts could swap them.
+        lock = self._storeLocks.get(bare)
+        if lock is None:
+            lock = self._storeLocks[bare] = defer.DeferredLock()
+        try:
+            async with lock:
+                await self._offlineInOrder(message, bare, mtype, sender, redelivery)
+        finally:
+            if not lock.locked and not lock.waiting:
+                self._storeLocks.pop(bare, None)
+
+    async def _offlineInOrder(self, message: domish.Element, bare: str, mtype: str,
+                              sender: "Session | None", redelivery: bool) -> None:
         delays = self.server.config.offlineRetryDelays
         for attempt in range(len(delays) + 1):
             if attempt:
