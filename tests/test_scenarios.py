@@ -212,3 +212,26 @@ class ProfileAcrossDoorsTests(unittest.TestCase):
         result = await server.next(romeo, "iq")
         photo = child(child(result, "vCard", "vcard-temp"), "PHOTO")
         self.assertEqual(base64.b64decode(str(child(photo, "BINVAL"))), picture)
+
+
+class CarbonsAcrossDoorsTests(unittest.TestCase):
+    @_d
+    async def test_webSessionSeesWhatTheXMPPSessionReceivedAndSent(self):
+        server = await Server(self).start("romeo", "juliet")
+        juliet = await server.xmpp("juliet", "gajim")
+        juliet.send("<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+        await server.next(juliet, "iq")
+        web = await server.connect("juliet")
+        web.take()
+        romeo = await server.xmpp("romeo", "psi")
+        romeo.send("<message to='juliet@localhost/gajim' type='chat' id='k1'><body>Hello 🌙</body></message>")
+        await server.next(juliet, "message")
+        await server.until(lambda: web.frames)
+        [copy] = web.take("message")
+        self.assertEqual(copy["payload"]["carbon"]["direction"], "received")
+        self.assertEqual(copy["payload"]["carbon"]["message"]["body"], "Hello 🌙")
+        juliet.send("<message to='romeo@localhost/psi' type='chat' id='k2'><body>Good night</body></message>")
+        await server.until(lambda: web.frames)
+        [sent] = web.take("message")
+        self.assertEqual(sent["payload"]["carbon"]["direction"], "sent")
+        self.assertEqual(sent["payload"]["carbon"]["message"]["id"], "k2")

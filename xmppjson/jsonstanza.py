@@ -74,6 +74,7 @@ NS_ROSTER = "jabber:iq:roster"
 NS_PING = "urn:xmpp:ping"
 NS_MAM = "urn:xmpp:mam:2"
 NS_FORWARD = "urn:xmpp:forward:0"
+NS_CARBONS = "urn:xmpp:carbons:2"
 NS_RSM = "http://jabber.org/protocol/rsm"
 NS_DATA = "jabber:x:data"
 
@@ -1316,6 +1317,33 @@ def _outMamResult(payload: dict, child: domish.Element) -> bool:
     return True
 
 
+def _outCarbon(payload: dict, child: domish.Element) -> bool:
+    """
+    A XEP-0280 carbon copy, C{<received|sent><forwarded><message/></forwarded></received|sent>},
+    as C{"carbon": {"direction": "received" | "sent", "message": {...}}}, the copied message in
+    the same shape as any message.  Anything else in it: the carbon goes to "xml".  Only the
+    server sends carbons: on input the key is refused like any unknown key.
+    """
+    if "carbon" in payload or child.attributes:
+        return False
+    elements = _elementsOnly(child)
+    if not elements or len(elements) != 1:
+        return False
+    forwarded = elements[0]
+    default = child.defaultUri if child.defaultUri is not None else NS_CARBONS
+    if forwarded.name != "forwarded" or _resolved(forwarded, default) != NS_FORWARD:
+        return False
+    inner = _elementsOnly(forwarded)
+    if forwarded.attributes or not inner or len(inner) != 1:
+        return False
+    message = inner[0]
+    fdefault = forwarded.defaultUri if forwarded.defaultUri is not None else NS_FORWARD
+    if message.name != "message" or _resolved(message, fdefault) != NS_CLIENT:
+        return False
+    payload["carbon"] = {"direction": child.name, "message": _messagePayload(message)}
+    return True
+
+
 _FIN_PARTS = frozenset({"first", "last", "count"})
 
 
@@ -1427,6 +1455,8 @@ _MESSAGE_OUT: dict[tuple[str, str], _OutHandler] = {
     (NS_DELAY, "delay"): _outDelay,
     (NS_SID, "stanza-id"): _outStanzaId,
     (NS_MAM, "result"): _outMamResult,
+    (NS_CARBONS, "received"): _outCarbon,
+    (NS_CARBONS, "sent"): _outCarbon,
     **{(NS_CHATSTATES, state): _outChatState for state in CHAT_STATES},
 }
 
