@@ -118,18 +118,33 @@ class Proc:
         self.logf.close()
 
 
-_options_cache: dict[str, set[str]] = {}
+def snapshot(rev: str = "HEAD", base: str = "/tmp") -> tuple[str, str]:
+    """Export the committed tree at C{rev} (not the working tree, which other people edit while
+    a campaign runs) to C{base}/xmppjson-code-<sha>; returns (directory, short sha)."""
+    sha = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", rev], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    dest = os.path.join(base, f"xmppjson-code-{sha}")
+    if not os.path.isdir(os.path.join(dest, "xmppjson")):
+        os.makedirs(dest, exist_ok=True)
+        archive = subprocess.Popen(["git", "-C", REPO, "archive", "--format=tar", sha], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", dest], stdin=archive.stdout, check=True)
+        archive.wait()
+    return dest, sha
 
 
-def xmppjson_options(server_py: str) -> set[str]:
-    """The long option names the working tree's C{twistd xmppjson} accepts."""
-    if server_py not in _options_cache:
-        code = ("from xmppjson.tap import Options as O; o = O()\n"
-                "print(' '.join(f[0] for f in o.optFlags + o.optParameters))")
-        env = dict(os.environ, PYTHONPATH=REPO, PYTHONDONTWRITEBYTECODE="1")
-        r = subprocess.run([server_py, "-c", code], capture_output=True, text=True, env=env, check=False)
-        _options_cache[server_py] = set(r.stdout.split())
-    return _options_cache[server_py]
+_options_cache: dict[tuple[str, str], set[str]] = {}
+
+
+def xmppjson_options(server_py: str, code: str = REPO) -> set[str]:
+    """The long option names C{twistd xmppjson} of the code in C{code} accepts."""
+    key = (server_py, code)
+    if key not in _options_cache:
+        src = ("from xmppjson.tap import Options as O; o = O()\n"
+               "print(' '.join(f[0] for f in o.optFlags + o.optParameters))")
+        env = dict(os.environ, PYTHONPATH=code, PYTHONDONTWRITEBYTECODE="1")
+        r = subprocess.run([server_py, "-c", src], capture_output=True, text=True, env=env, check=False, cwd="/")
+        _options_cache[key] = set(r.stdout.split())
+    return _options_cache[key]
 
 
 # The peers run without traffic shaping (the shared configs: no ejabberd shaper, no Prosody
@@ -138,8 +153,10 @@ UNSHAPED = [("stanza-rate", "0")]
 
 
 def start_xmppjson(workdir: str, c2s: int, web: int, db: str, iterations: int, server_py: str,
-                   extra: list[str] | None = None, name: str = "xmppjson", unshaped: bool = True) -> Proc:
-    """A fresh xmppjson process (twistd -n) on loopback; its DB persists in C{db}. With
+                   extra: list[str] | None = None, name: str = "xmppjson", unshaped: bool = True,
+                   code: str = REPO) -> Proc:
+    """A fresh xmppjson process (twistd -n) on loopback, running the code in C{code} (the
+    repository's working tree by default, or a L{snapshot}); its DB persists in C{db}. With
     C{unshaped}, the limits that would throttle a load generator (L{UNSHAPED}) are off."""
     os.makedirs(workdir, exist_ok=True)
     argv = [server_py, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
@@ -147,11 +164,11 @@ def start_xmppjson(workdir: str, c2s: int, web: int, db: str, iterations: int, s
             "xmppjson", "--c2s", f"tcp:{c2s}:interface=127.0.0.1", "--web", f"tcp:{web}:interface=127.0.0.1",
             "--db", db, "--allow-plaintext", "--domain", DOMAIN, "--scram-iterations", str(iterations)]
     if unshaped:
-        known = xmppjson_options(server_py)
+        known = xmppjson_options(server_py, code)
         argv += [f"--{opt}={val}" for opt, val in UNSHAPED if opt in known]
     argv += extra or []
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = code + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     return Proc(name, argv, workdir, env, os.path.join(workdir, f"{name}.stdout"), [c2s, web])
 

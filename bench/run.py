@@ -69,10 +69,11 @@ def _chat(p, w, d, wu):
 
 PEERS = ["ejabberd", "prosody"]
 MAM_PEERS = ["ejabberd-mam", "prosody-mam"]  # xmppjson archives every chat message (XEP-0313)
+NOARCH = "xmppjson-noarch"  # xmppjson --no-archive, on the same SQLite database
 SCENARIOS: OrderedDict[str, Scenario] = OrderedDict((s.name, s) for s in [
-    Scenario("chat-50x10", "x", ["xmppjson", *PEERS, *MAM_PEERS], _chat(50, 10, 10, 2), _chat(50, 10, 4, 1),
+    Scenario("chat-50x10", "x", ["xmppjson", NOARCH, *PEERS, *MAM_PEERS], _chat(50, 10, 10, 2), _chat(50, 10, 4, 1),
              accounts=100, quick_accounts=100, doc="100 c2s sessions, 50 pairs, 10 in flight each"),
-    Scenario("chat-500x2", "x", ["xmppjson", *PEERS, *MAM_PEERS], _chat(500, 2, 10, 2), _chat(500, 2, 4, 1),
+    Scenario("chat-500x2", "x", ["xmppjson", NOARCH, *PEERS, *MAM_PEERS], _chat(500, 2, 10, 2), _chat(500, 2, 4, 1),
              accounts=1000, quick_accounts=1000, doc="1,000 c2s sessions, 2 in flight each"),
     Scenario("chat-1x1", "x", ["xmppjson", *PEERS], _chat(1, 1, 5, 1), _chat(1, 1, 3, 1),
              accounts=2, quick_accounts=2, default=False, doc="unloaded one-way latency"),
@@ -93,15 +94,15 @@ SCENARIOS: OrderedDict[str, Scenario] = OrderedDict((s.name, s) for s in [
     Scenario("idle-5000", "x", ["xmppjson", *PEERS],
              ["idle", "--clients", "5000", "--settle", "5"], ["idle", "--clients", "1000", "--settle", "3"],
              accounts=5000, quick_accounts=1000, doc="RSS per authenticated idle session"),
-    Scenario("ws-chat-50x10", "w", ["xmppjson"], _chat(50, 10, 10, 2), _chat(50, 10, 4, 1),
+    Scenario("ws-chat-50x10", "w", ["xmppjson", NOARCH], _chat(50, 10, 10, 2), _chat(50, 10, 4, 1),
              accounts=100, quick_accounts=100, doc="JSON door, same shape as chat-50x10"),
-    Scenario("ws-chat-500x2", "w", ["xmppjson"], _chat(500, 2, 10, 2), _chat(500, 2, 4, 1),
+    Scenario("ws-chat-500x2", "w", ["xmppjson", NOARCH], _chat(500, 2, 10, 2), _chat(500, 2, 4, 1),
              accounts=1000, quick_accounts=1000, doc="JSON door, same shape as chat-500x2"),
     Scenario("ws-presence-200x10", "w", ["xmppjson"],
              ["presence", "--users", "200", "--contacts", "10", "--duration", "10", "--warmup", "2"],
              ["presence", "--users", "200", "--contacts", "10", "--duration", "4", "--warmup", "1"],
              prefix="wring", accounts=200, quick_accounts=200, doc="JSON door, rosters set up via the dialect"),
-    Scenario("cross-chat-50x10", "w", ["xmppjson"],
+    Scenario("cross-chat-50x10", "w", ["xmppjson", NOARCH],
              ["cross", "--pairs", "50", "--window", "10", "--duration", "10", "--warmup", "2"],
              ["cross", "--pairs", "50", "--window", "10", "--duration", "4", "--warmup", "1"],
              accounts=100, quick_accounts=100, doc="each pair: one c2s client, one WebSocket client"),
@@ -113,40 +114,53 @@ SCENARIOS: OrderedDict[str, Scenario] = OrderedDict((s.name, s) for s in [
              default=False, doc="RSS per idle WebSocket session"),
 ])
 
-# The table: (row, scenario, metric, higher_is_better, p99 metric, refs, targets).
-# refs name the labels in the ejabberd / prosody / "other" columns; targets: (column, op, x).
+# The table: one row per (comparison, xmppjson variant). refs name the labels of the ejabberd /
+# prosody / JSON-door-vs-c2s columns ({xj} is the row's xmppjson variant); targets: (column, op, x).
+@dataclass
+class Row:
+    what: str
+    scenario: str
+    metric: str
+    p99: str | None
+    refs: dict
+    targets: list
+
+
 ROWS = [
-    ("chat 50x10 msgs/CPU-s", "chat-50x10", "msgs_per_server_cpu_s", "lat_p99_ms",
-     {"ej": "ejabberd/chat-50x10", "pr": "prosody/chat-50x10"}, [("ej", ">=", 1.0), ("pr", ">=", 1.4)]),
-    ("chat 500x2 msgs/CPU-s", "chat-500x2", "msgs_per_server_cpu_s", "lat_p99_ms",
-     {"ej": "ejabberd/chat-500x2", "pr": "prosody/chat-500x2"}, [("ej", ">=", 1.0)]),
-    ("chat 50x10 msgs/CPU-s, peers archiving too (mod_mam)", "chat-50x10", "msgs_per_server_cpu_s", "lat_p99_ms",
-     {"ej": "ejabberd-mam/chat-50x10", "pr": "prosody-mam/chat-50x10"}, []),
-    ("chat 500x2 msgs/CPU-s, peers archiving too (mod_mam)", "chat-500x2", "msgs_per_server_cpu_s", "lat_p99_ms",
-     {"ej": "ejabberd-mam/chat-500x2", "pr": "prosody-mam/chat-500x2"}, []),
-    ("chat 1x1 p50 latency ms", "chat-1x1", "lat_p50_ms", "lat_p99_ms",
-     {"ej": "ejabberd/chat-1x1", "pr": "prosody/chat-1x1"}, []),
-    ("presence 200x10 deliveries/CPU-s", "presence-200x10", "deliveries_per_server_cpu_s", "fanout_p99_ms",
-     {"ej": "ejabberd/presence-200x10", "pr": "prosody/presence-200x10"}, [("ej", ">=", 1.0)]),
-    ("login 2000 logins/CPU-s, equal PBKDF2", "login-2000", "logins_per_server_cpu_s", "lat_p99_ms",
-     {"ej": "ejabberd-scram/login-2000", "pr": "prosody-hashed/login-2000"}, [("pr", ">=", 1.0)]),
-    ("login 2000 logins/CPU-s, plain-password peers", "login-2000", "logins_per_server_cpu_s", "lat_p99_ms",
-     {"ej": "ejabberd/login-2000-plain", "pr": "prosody/login-2000-plain"}, []),
-    ("idle 5000 RSS KB/session", "idle-5000", "rss_per_conn_kb", None,
-     {"ej": "ejabberd/idle-5000", "pr": "prosody/idle-5000"}, [("pr", "<=", 1.0)]),
-    ("WS chat 50x10 msgs/CPU-s", "ws-chat-50x10", "msgs_per_server_cpu_s", "lat_p99_ms",
-     {"c2s": "{xj}/chat-50x10"}, [("c2s", ">=", 0.8)]),
-    ("WS chat 500x2 msgs/CPU-s", "ws-chat-500x2", "msgs_per_server_cpu_s", "lat_p99_ms",
-     {"c2s": "{xj}/chat-500x2"}, [("c2s", ">=", 0.8)]),
-    ("WS presence 200x10 deliveries/CPU-s", "ws-presence-200x10", "deliveries_per_server_cpu_s", "fanout_p99_ms",
-     {"c2s": "{xj}/presence-200x10"}, [("c2s", ">=", 0.8)]),
-    ("cross-door chat 50x10 msgs/CPU-s", "cross-chat-50x10", "msgs_per_server_cpu_s", "lat_p99_ms",
-     {"c2s": "{xj}/chat-50x10"}, []),
-    ("WS login 2000 logins/CPU-s", "ws-login-2000", "logins_per_server_cpu_s", "lat_p99_ms",
-     {"c2s": "{xj}/login-2000"}, []),
-    ("WS idle 5000 RSS KB/session", "ws-idle-5000", "rss_per_conn_kb", None,
-     {"c2s": "{xj}/idle-5000"}, []),
+    Row("chat 50x10 msgs/CPU-s", "chat-50x10", "msgs_per_server_cpu_s", "lat_p99_ms",
+        {"ej": "ejabberd/chat-50x10", "pr": "prosody/chat-50x10"}, [("ej", ">=", 1.0), ("pr", ">=", 1.4)]),
+    Row("chat 50x10 msgs/CPU-s, peers archiving too (mod_mam)", "chat-50x10", "msgs_per_server_cpu_s",
+        "lat_p99_ms", {"ej": "ejabberd-mam/chat-50x10", "pr": "prosody-mam/chat-50x10"}, []),
+    Row("chat 500x2 msgs/CPU-s", "chat-500x2", "msgs_per_server_cpu_s", "lat_p99_ms",
+        {"ej": "ejabberd/chat-500x2", "pr": "prosody/chat-500x2"}, [("ej", ">=", 1.0)]),
+    Row("chat 500x2 msgs/CPU-s, peers archiving too (mod_mam)", "chat-500x2", "msgs_per_server_cpu_s",
+        "lat_p99_ms", {"ej": "ejabberd-mam/chat-500x2", "pr": "prosody-mam/chat-500x2"}, []),
+    Row("chat 1x1 p50 latency ms (unloaded)", "chat-1x1", "lat_p50_ms", "lat_p99_ms",
+        {"ej": "ejabberd/chat-1x1", "pr": "prosody/chat-1x1"}, []),
+    Row("presence 200x10 deliveries/CPU-s", "presence-200x10", "deliveries_per_server_cpu_s", "fanout_p99_ms",
+        {"ej": "ejabberd/presence-200x10", "pr": "prosody/presence-200x10"}, [("ej", ">=", 1.0)]),
+    Row("login 2000 logins/CPU-s, equal PBKDF2", "login-2000", "logins_per_server_cpu_s", "lat_p99_ms",
+        {"ej": "ejabberd-scram/login-2000", "pr": "prosody-hashed/login-2000"}, [("pr", ">=", 1.0)]),
+    Row("login 2000 logins/CPU-s, plain-password peers", "login-2000", "logins_per_server_cpu_s", "lat_p99_ms",
+        {"ej": "ejabberd/login-2000-plain", "pr": "prosody/login-2000-plain"}, []),
+    Row("idle 5000 RSS KB/session", "idle-5000", "rss_per_conn_kb", None,
+        {"ej": "ejabberd/idle-5000", "pr": "prosody/idle-5000"}, [("pr", "<=", 1.0)]),
+    Row("WS chat 50x10 msgs/CPU-s", "ws-chat-50x10", "msgs_per_server_cpu_s", "lat_p99_ms",
+        {"c2s": "{xj}/chat-50x10"}, [("c2s", ">=", 0.8)]),
+    Row("WS chat 500x2 msgs/CPU-s", "ws-chat-500x2", "msgs_per_server_cpu_s", "lat_p99_ms",
+        {"c2s": "{xj}/chat-500x2"}, [("c2s", ">=", 0.8)]),
+    Row("WS presence 200x10 deliveries/CPU-s", "ws-presence-200x10", "deliveries_per_server_cpu_s",
+        "fanout_p99_ms", {"c2s": "{xj}/presence-200x10"}, [("c2s", ">=", 0.8)]),
+    Row("cross-door chat 50x10 msgs/CPU-s", "cross-chat-50x10", "msgs_per_server_cpu_s", "lat_p99_ms",
+        {"c2s": "{xj}/chat-50x10"}, []),
+    Row("WS login 2000 logins/CPU-s", "ws-login-2000", "logins_per_server_cpu_s", "lat_p99_ms",
+        {"c2s": "{xj}/login-2000"}, []),
+    Row("WS idle 5000 RSS KB/session", "ws-idle-5000", "rss_per_conn_kb", None,
+        {"c2s": "{xj}/idle-5000"}, []),
 ]
+#: The xmppjson variants, in table order: as shipped (SQLite, archive on), without the archive
+#: (the peers' baseline configs archive nothing), and on PostgreSQL (when configured).
+XJ_VARIANTS = ["xmppjson", "xmppjson-noarch", "xmppjson-pg"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,6 +176,8 @@ class Ctx:
     out: str
     results: list = field(default_factory=list)
     xj_servers: list = field(default_factory=list)  # ["xmppjson", "xmppjson-pg"?]
+    code: str = bl.REPO  # the xmppjson code that runs: a snapshot of HEAD, or the working tree
+    noarch: bool = False  # the code has --no-archive: also run the xmppjson-noarch variant
 
 
 def xj_conf(ctx: Ctx, server: str) -> dict:
@@ -190,9 +206,10 @@ class Running:
         self.extra_pids: list[int] = []
         if server.startswith("xmppjson"):
             c = xj_conf(ctx, server)
+            extra = list(ctx.args.xmppjson_arg) + (["--no-archive"] if server == NOARCH else [])
             self.proc = bl.start_xmppjson(os.path.join(ctx.workdir, server), c["c2s"], c["web"], c["db"],
-                                          ctx.args.iterations, ctx.server_py, extra=ctx.args.xmppjson_arg,
-                                          name=server)
+                                          ctx.args.iterations, ctx.server_py, extra=extra,
+                                          name=server, code=ctx.code)
             self.pid = self.proc.pid
             self.c2s, self.web = c["c2s"], c["web"]
             if server == "xmppjson-pg":
@@ -322,86 +339,81 @@ def _fmt(v, metric=""):
 
 
 def table(results: list[dict]) -> str:
+    """ONE Markdown table: per row and xmppjson variant, medians over rounds, and ratios taken
+    within each round (A_n / B_n) whose median is shown."""
     runs: OrderedDict[str, list] = OrderedDict()
     for r in results:
         if r.get("kind") == "run":
             runs.setdefault(r["label"], []).append(r)
-    xjs = [x for x in ("xmppjson", "xmppjson-pg") if any(lb.startswith(x + "/") for lb in runs)]
-    if not xjs:
+    if not any(lb.startswith("xmppjson") for lb in runs):
         return "(no xmppjson runs in these results)"
 
     def by_round(label, metric):
         return {r["round"]: r.get(metric) for r in runs.get(label, []) if r.get(metric) is not None}
 
     def med(label, metric):
-        return bl.median(list(by_round(label, metric).values()))
+        return bl.median(list(by_round(label, metric).values())) if label else None
 
     def ratio(la, lb, metric):
         a, b = by_round(la, metric), by_round(lb, metric)
-        vals = [a[k] / b[k] for k in a if b.get(k)]
-        return bl.median(vals), len(vals)
+        return bl.median([a[k] / b[k] for k in a if b.get(k)])
 
-    head = ["what (median of rounds)", "scenario"] + xjs + ["ejabberd", "prosody"]
-    head += [f"{xjs[0]}/ejabberd", f"{xjs[0]}/prosody", "JSON door/c2s door", "p99 ms xj / ej / pr",
-             "lost / dup", "n", "target"]
+    def peer_cell(label, metric):
+        if not label or label not in runs:
+            return "–"
+        name = label.split("/")[0]
+        return _fmt(med(label, metric)) + (f" ({name})" if "-" in name else "")
+
+    head = ["what (median of rounds)", "xmppjson variant", "xmppjson", "ejabberd", "prosody",
+            "xmppjson/ejabberd", "xmppjson/prosody", "JSON door/c2s door", "p99 ms xj / ej / pr",
+            "lost / dup", "runs", "target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    shown = set()
-    for row, scn, metric, p99, refs, targets in ROWS:
-        xl = f"{xjs[0]}/{scn}"
-        if xl not in runs:
-            continue
-        present = [r.replace("{xj}", xjs[0]) in runs for r in refs.values()]
-        if scn in shown and not any(present):
-            continue  # a second comparison of the same runs, against peers not measured
-        shown.add(scn)
-        cells = [row, scn]
-        cells += [_fmt(med(f"{x}/{scn}", metric)) for x in xjs]
-        ej = refs.get("ej")
-        pr = refs.get("pr")
-        c2s = refs.get("c2s", "").replace("{xj}", xjs[0]) or None
-        cells.append(f"{_fmt(med(ej, metric))}" + (f" ({ej.split('/')[0]})" if ej and "-" in ej.split("/")[0] else "") if ej else "–")
-        cells.append(f"{_fmt(med(pr, metric))}" + (f" ({pr.split('/')[0]})" if pr and "-" in pr.split("/")[0] else "") if pr else "–")
-        got = {}
-        for col, ref in (("ej", ej), ("pr", pr), ("c2s", c2s)):
-            if ref and ref in runs:
-                v, _ = ratio(xl, ref, metric)
-                got[col] = v
-                cells.append(f"{v:.2f}x" if v is not None else "–")
+    shown: set[tuple[str, str]] = set()
+    for xj in XJ_VARIANTS:
+        for row in ROWS:
+            xl = f"{xj}/{row.scenario}"
+            if xl not in runs:
+                continue
+            refs = {k: v.replace("{xj}", xj) for k, v in row.refs.items()}
+            if (("ej" in refs or "pr" in refs) and not any(v in runs for v in refs.values())
+                    and (xj, row.scenario) in shown):
+                continue  # these runs are already in the table; these peers were not measured
+            shown.add((xj, row.scenario))
+            ej, pr = refs.get("ej"), refs.get("pr")
+            got = {k: ratio(xl, v, row.metric) for k, v in refs.items() if v in runs}
+            cells = [row.what, xj, _fmt(med(xl, row.metric)), peer_cell(ej, row.metric), peer_cell(pr, row.metric)]
+            cells += [f"{got[k]:.2f}x" if got.get(k) is not None else "–" for k in ("ej", "pr", "c2s")]
+            p99s = {}
+            if row.p99:
+                p99s = {k: med(lb, row.p99) if lb and lb in runs else None for k, lb in (("xj", xl), ("ej", ej),
+                                                                                          ("pr", pr))}
+                cells.append(" / ".join(_fmt(p99s[k]) for k in ("xj", "ej", "pr")))
             else:
                 cells.append("–")
-        p99s = {}
-        if p99:
-            p99s = {k: med(lb, p99) if lb and lb in runs else None for k, lb in (("xj", xl), ("ej", ej), ("pr", pr))}
-            cells.append(" / ".join(_fmt(p99s[k]) for k in ("xj", "ej", "pr")))
-        else:
-            cells.append("–")
-        ok_runs = [r for r in runs[xl] if not r.get("error")]
-        errs = len(runs[xl]) - len(ok_runs)
-        if any("lost" in r for r in ok_runs):
-            lost = sum(r.get("lost") or 0 for r in ok_runs)
-            dup = sum(r.get("duplicated") or 0 for r in ok_runs)
-            cells.append(f"{lost} / {dup}")
-        elif any("incomplete_fanouts_at_end" in r for r in ok_runs):
-            cells.append(f"{sum(r.get('incomplete_fanouts_at_end') or 0 for r in ok_runs)} incomplete fan-outs")
-        else:
-            cells.append("–")
-        cells.append(str(len(runs[xl])) + (f" ({errs} failed)" if errs else ""))
-        verdicts = []
-        for col, op, x in targets:
-            v = got.get(col)
-            name = {"ej": "ej", "pr": "pr", "c2s": "c2s"}[col]
-            if v is None:
-                verdicts.append(f"{op}{x} {name}: ?")
+            ok_runs = [r for r in runs[xl] if not r.get("error")]
+            errs = len(runs[xl]) - len(ok_runs)
+            if any("lost" in r for r in ok_runs):
+                cells.append(f"{sum(r.get('lost') or 0 for r in ok_runs)} / "
+                             f"{sum(r.get('duplicated') or 0 for r in ok_runs)}")
+            elif any("incomplete_fanouts_at_end" in r for r in ok_runs):
+                cells.append(f"{sum(r.get('incomplete_fanouts_at_end') or 0 for r in ok_runs)} incomplete fan-outs")
             else:
-                ok = v >= x if op == ">=" else v <= x
-                verdicts.append(f"{op}{x} {name}: {'MET' if ok else 'NOT met'}")
-        if p99s.get("xj") is not None and (ej or pr) and targets:
-            for k in ("ej", "pr"):
-                if p99s.get(k) is not None:
-                    met = p99s["xj"] <= p99s[k]  # type: ignore[operator]
-                    verdicts.append(f"p99 <= {k}: {'MET' if met else 'NOT met'}")
-        cells.append("; ".join(verdicts) or "–")
-        lines.append("| " + " | ".join(cells) + " |")
+                cells.append("–")
+            cells.append(str(len(runs[xl])) + (f" ({errs} failed)" if errs else ""))
+            verdicts = []
+            for col, op, x in row.targets:
+                v = got.get(col)
+                if v is None:
+                    verdicts.append(f"{op}{x} {col}: ?")
+                else:
+                    verdicts.append(f"{op}{x} {col}: {'MET' if (v >= x if op == '>=' else v <= x) else 'NOT met'}")
+            if p99s.get("xj") is not None and row.targets and (ej or pr):
+                for k in ("ej", "pr"):
+                    if p99s.get(k) is not None:
+                        met = p99s["xj"] <= p99s[k]  # type: ignore[operator]
+                        verdicts.append(f"p99 <= {k}: {'MET' if met else 'NOT met'}")
+            cells.append("; ".join(verdicts) or "–")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -427,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--run-timeout", type=float, default=600.0, help="hard limit per run, seconds")
     ap.add_argument("--harness-python", default=None, help="python for the load generators (uvloop venv)")
     ap.add_argument("--server-python", default=None, help="python with twisted for xmppjson")
+    ap.add_argument("--code", default="HEAD", metavar="REV|worktree",
+                    help="xmppjson code to run: a commit exported to /tmp once for the whole campaign "
+                         "(default HEAD: the working tree changes under a long campaign), or 'worktree'")
     ap.add_argument("--xmppjson-arg", action="append", default=[], metavar="ARG",
                     help="extra xmppjson option (repeatable), e.g. --xmppjson-arg=--stanza-rate=0 once it exists")
     ap.add_argument("--list", action="store_true", help="list scenarios and exit")
@@ -482,15 +497,21 @@ def main(argv=None) -> int:
     ctx = Ctx(args, args.harness_python or bl.default_harness_python(),
               args.server_python or bl.default_server_python(), workdir, out)
     ctx.xj_servers = ["xmppjson"] + (["xmppjson-pg"] if os.environ.get("XMPPJSON_BENCH_PG") else [])
-    git = subprocess.run(["git", "-C", bl.REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         check=False)
+    if args.code != "worktree":
+        ctx.code, code_sha = bl.snapshot(args.code)
+        bl.log(f"xmppjson code: {args.code} = {code_sha}, exported to {ctx.code}")
+    ctx.noarch = "no-archive" in bl.xmppjson_options(ctx.server_py, ctx.code) and "xmppjson" in servers
+    git = subprocess.run(["git", "-C", bl.REPO, "rev-parse", "--short", args.code if args.code != "worktree"
+                          else "HEAD"], capture_output=True, text=True, check=False)
     dirty = subprocess.run(["git", "-C", bl.REPO, "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True, check=False).stdout.splitlines()
     _record(ctx, {"kind": "campaign", "ts": stamp, "rounds": rounds, "quick": args.quick,
                   "scenarios": [s.name for s in scs], "servers": servers, "iterations": args.iterations,
-                  "git": git.stdout.strip(), "git_modified_files": len(dirty),
+                  "git": git.stdout.strip(), "code": ctx.code,
+                  "git_modified_files": len(dirty) if args.code == "worktree" else 0,
                   "xmppjson_options": [f"--{o}={v}" for o, v in bl.UNSHAPED
-                                       if o in bl.xmppjson_options(ctx.server_py)] + args.xmppjson_arg, "harness_python": ctx.harness_py, "machine": bl.machine_info()})
+                                       if o in bl.xmppjson_options(ctx.server_py, ctx.code)]
+                  + args.xmppjson_arg, "harness_python": ctx.harness_py, "machine": bl.machine_info()})
     bl.log(f"results -> {out}; xmppjson data -> {workdir}")
     if args.wipe_peers:
         for p in peers_needed:
@@ -502,7 +523,7 @@ def main(argv=None) -> int:
         bl.log(f"######## round {rnd}/{rounds}")
         for sc in scs:
             order = [x for s in sc.servers for x in (ctx.xj_servers if s == "xmppjson" else [s]) if
-                     x.startswith("xmppjson") or x in servers]
+                     x in ctx.xj_servers or (x == NOARCH and ctx.noarch) or x in servers]
             k = (rnd - 1) % max(1, len(order))
             for server in order[k:] + order[:k]:
                 one_run(ctx, rnd, sc, server)
