@@ -34,6 +34,7 @@ import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, endpoints, protocol, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols import portforward
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -358,6 +359,49 @@ class StoreOutageTests(unittest.TestCase):
         "before routing and bounces at once when the store is down, so the message never "
         "reaches the retried offline write; see docs/limits.md"
     )
+
+
+class DroppedSocketTests(unittest.TestCase):
+    """A client goes away in the middle of a conversation."""
+
+    @_d
+    async def test_halfClosedSocketKeepsWhatWasWritten(self) -> None:
+        """
+        The client shuts its side (FIN) while a message for it is written but not yet sent:
+        that message still leaves before the connection closes, and the next one, routed
+        after the session ended, is stored offline.  (Twisted's default would close the socket
+        at once, dropping the first message although the core counted it as delivered.)
+        """
+        web = await WebFixture(self).start("szymon", "alicja")
+        szymon = await web.connect("szymon")
+        alicja = await web.connect("alicja")
+        szymon.take()
+        alicja.take()
+        fromSzymon = next(p for p in web.pumps if p.client is szymon)
+        toAlicja = next(p for p in web.pumps if p.client is alicja)
+        szymon.sendJSON(message("alicja@localhost", "first", id="m1"))
+        fromSzymon.pump()  # routed and written to alicja's socket, not sent yet
+        server = toAlicja.serverIO.protocol
+        # what makes a TCP transport call readConnectionLost rather than connectionLost
+        self.assertTrue(IHalfCloseableProtocol.providedBy(server))
+        server.readConnectionLost()
+        self.assertEqual(web.im.router.countOf("alicja@localhost"), 0)
+        szymon.sendJSON(message("alicja@localhost", "second", id="m2"))
+        await web.until(lambda: alicja.closedWith is not None)
+        self.assertEqual([f["payload"]["id"] for f in alicja.take("message")], ["m1"])
+        stored = []
+        for _ in range(200):
+            stored = await web.store.getOffline("alicja")
+            if stored:
+                break
+            await web.flush(1)
+        [entry] = stored
+        self.assertIn("second", entry.xml)
+        self.assertEqual(szymon.take(), [])
+
+
+def message(to: str, body: str, **more: Any) -> dict[str, Any]:
+    return {"type": "message", "payload": {"to": to, "type": "chat", "body": body, **more}}
 
 
 # -- real sockets: clients for both doors ---------------------------------------------------

@@ -121,6 +121,32 @@ class JSONDoorTests(unittest.TestCase):
         await web.stillWorks()
 
     @_d
+    async def test_messageToASocketBeingClosed(self) -> None:
+        """
+        A message routed to a session whose socket Autobahn is already closing (after a frame
+        over the limit, before the close handshake ends) is not lost and breaks nothing: the
+        session ends at once and the message is stored offline.
+        """
+        web = await Server(self).begin()
+        mallory = await web.mallory()
+        pump = next(p for p in web.pumps if p.client is mallory)
+        mallory.sendJSON(message("alicja@localhost", "x" * (2 * 1024 * 1024)))
+        pump.pump()  # the server reads the frame header and starts closing; no reply yet
+        server = pump.serverIO.protocol
+        self.assertEqual(server.state, server.STATE_CLOSING)
+        self.assertEqual(web.im.router.countOf("mallory@localhost"), 1)
+        web.bob.sendJSON(message("mallory@localhost", "are you there?", id="late"))
+        await web.until(lambda: web.im.router.countOf("mallory@localhost") == 0)
+        await web.im.messages.drain()
+        await web.flush()
+        [stored] = await web.store.getOffline("mallory")
+        self.assertIn("are you there?", stored.xml)
+        self.assertEqual(web.bob.take(), [])
+        await web.until(lambda: mallory.closedWith is not None)
+        self.assertEqual(mallory.closedWith[0], 1009)
+        await web.stillWorks()
+
+    @_d
     async def test_frameJustUnderTheLimit(self) -> None:
         """A body as large as the frame allows goes through, intact."""
         web = await Server(self).begin()

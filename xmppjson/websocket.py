@@ -16,10 +16,12 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket import protocol as _abprotocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from xmppjson import jsonstanza
 from xmppjson.config import Config
@@ -103,7 +105,14 @@ class WebSocketSession(Session):
 
     def deliver(self, element: domish.Element) -> None:
         protocol = self.protocol
-        if not self.active or protocol.closing:
+        # Not only closed: a socket that Autobahn is already closing (a frame over the limit,
+        # invalid UTF-8) can no longer send, and sendMessage would raise into the router.
+        if not self.active or protocol.closing or protocol.state != protocol.STATE_OPEN:
+            if self.active:
+                # The session ends now rather than when the socket is gone, so that this
+                # stanza and the next ones go to the user's other sessions or offline, not
+                # back here.
+                protocol.im.closeSession(self)
             protocol.im.undeliverable(self, element)
             return
         try:
@@ -117,6 +126,7 @@ class WebSocketSession(Session):
         self.protocol.closeWith(condition, text)
 
 
+@implementer(IHalfCloseableProtocol)
 class StreamProtocol(WebSocketServerProtocol):
     """One WebSocket connection: frames in, stanzas out, and the reverse."""
 
@@ -146,7 +156,8 @@ class StreamProtocol(WebSocketServerProtocol):
         d.addCallbacks(self._opened, self._openFailed)
 
     def _opened(self, _: Any) -> None:
-        if self.closing or self.session is None:
+        if self.closing or self.session is None or self.state != self.STATE_OPEN:
+            # The socket is going away (onClose ends the session once it is gone).
             return
         self.sendMessage(jsonstanza.sessionFrame(self.session.full).encode("utf-8"), isBinary=False)
         early, self._early = self._early or [], None
@@ -249,6 +260,24 @@ class StreamProtocol(WebSocketServerProtocol):
         if condition and self.state == self.STATE_OPEN:
             self._errorFrame(condition, text or condition, None)
         self.sendClose(CLOSE_CODES.get(condition or "", 1000), (text or condition or "")[:120])
+
+    def readConnectionLost(self) -> None:
+        """
+        The client shut its side of the TCP connection (it went away, perhaps in the middle of
+        a frame).  Without this Twisted would close the socket at once and drop whatever was
+        written to it and not sent yet, messages included, which the core counts as
+        delivered.  Instead the session ends now, so that nothing more is routed here (it goes
+        to the user's other sessions or offline), and the connection closes once everything
+        already written has left.
+        """
+        self.closing = True
+        self._early = None
+        if self.session is not None:
+            self.im.closeSession(self.session)
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Nothing to do: we never half-close (L{IHalfCloseableProtocol})."""
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
         self.closing = True
