@@ -74,6 +74,16 @@ class _TrustingAccounts:
     async def userExists(self, localpart: str) -> bool:
         return True  # so random input never reaches register()
 
+    # Never throttled: the attackers must reach the stream parser every time.
+    def loginRetryAfter(self, localpart: str | None, address: str | None) -> float:
+        return 0.0
+
+    def loginFailed(self, localpart: str | None, address: str | None) -> None:
+        pass
+
+    def loginSucceeded(self, localpart: str, address: str | None) -> None:
+        pass
+
 
 class Arena:
     """

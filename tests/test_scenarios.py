@@ -235,3 +235,24 @@ class CarbonsAcrossDoorsTests(unittest.TestCase):
         [sent] = web.take("message")
         self.assertEqual(sent["payload"]["carbon"]["direction"], "sent")
         self.assertEqual(sent["payload"]["carbon"]["message"]["id"], "k2")
+
+
+class SharedThrottleTests(unittest.TestCase):
+    @_d
+    async def test_failedRESTLoginsThrottleXMPPLogins(self):
+        """Guessing a password on one door does not give fresh attempts on the other."""
+        from tests.helpers import RestClient
+
+        server = await Server(self).start("juliet")
+        rest = RestClient(server.site.resource)
+        for _ in range(server.config.authFailureLimit):
+            response = await rest.post("/login", json={"jid": "juliet", "password": "wrong-guess"})
+            self.assertEqual(response.code, 401)
+        wire = Wire(server.c2s)
+        server.wires.append(wire)
+        wire.send(HEADER.format(to=DOMAIN))
+        wire.take()
+        payload = base64.b64encode(b"\x00juliet\x00secret123").decode()
+        wire.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+        failure = await server.next(wire, "failure")
+        self.assertIsNotNone(child(failure, "temporary-auth-failure"))

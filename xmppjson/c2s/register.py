@@ -19,7 +19,6 @@ cannot slip past the limit.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from twisted.internet import defer
@@ -28,34 +27,15 @@ from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
+from xmppjson.accounts import addressKey
 from xmppjson.config import Config
 from xmppjson.error import Conflict, Unprocessable, XMPPJSONError, asError
-from xmppjson.limits import FailureThrottle
 
 NS_REGISTER = "jabber:iq:register"
 NS_FEATURE_REGISTER = "http://jabber.org/features/iq-register"
 NS_CLIENT = "jabber:client"
 
 INSTRUCTIONS = "Choose a user name and a password (at least {n} characters) for {domain}."
-
-
-def addressKey(host: str) -> str:
-    """
-    The key that throttles an address: the address itself for IPv4, its /64 prefix for IPv6
-    (one subscriber usually holds a whole /64), the IPv4 address for an IPv4-mapped one.
-    Anything that is not an address is its own key.
-    """
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        if address.is_loopback:
-            return str(address)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 def _text(query: domish.Element, name: str) -> str | None:
@@ -105,7 +85,7 @@ class Registration:
     """
     In-band registration and password change for one listener.
 
-    @ivar throttle: successful registrations per address key, in a sliding window.
+    Registrations are counted per address by L{Accounts} (shared with REST registrations).
     """
 
     log = Logger()
@@ -114,9 +94,6 @@ class Registration:
         self.config = config
         self.accounts = accounts
         self.domain = config.domain
-        self.throttle = FailureThrottle(
-            config.registrationsPerAddress, config.registrationPeriod, reactor
-        )
         self.exempt = {addressKey(host) for host in config.registrationExempt}
         self._locks: dict[str, defer.DeferredLock] = {}
 
@@ -182,7 +159,7 @@ class Registration:
             lock = self._locks[key] = defer.DeferredLock()
         try:
             async with lock:
-                if self.throttle.blocked(key):
+                if self.accounts.registrationRetryAfter(host):
                     self.log.info("Registration throttled for {key}", key=key)
                     raise XMPPJSONError(
                         "too many registrations from your address; try again later",
@@ -190,8 +167,8 @@ class Registration:
                         errorType="wait",
                     )
                 await self.accounts.register(username, password)
-                # FailureThrottle counts events in a window: here, accounts created.
-                self.throttle.failed(key)
+                # Shared with REST registrations: one count per address for every door.
+                self.accounts.registered(host)
         finally:
             if not lock.locked and not lock.waiting:
                 self._locks.pop(key, None)

@@ -42,14 +42,15 @@ from twisted.words.protocols.jabber.xmpp_stringprep import nameprep, resourcepre
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from xmppjson.accounts import addressKey
 from xmppjson.c2s import sasl
 from xmppjson.c2s.csi import NS_CSI, CSIBuffer
-from xmppjson.c2s.register import NS_REGISTER, Registration, addressKey
+from xmppjson.c2s.register import NS_REGISTER, Registration
 from xmppjson.c2s.sm import MAX_SEQ, NS_SM, StreamManagement, parseCount
 from xmppjson.c2s.tls import ServerTLS, loadServerTLS
 from xmppjson.config import Config
 from xmppjson.error import asError
-from xmppjson.limits import FailureThrottle, TokenBucket
+from xmppjson.limits import TokenBucket
 from xmppjson.session import Session
 
 NS_CLIENT = "jabber:client"
@@ -682,7 +683,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         try:
             if tlsPending:
                 raise sasl.SASLFailure("encryption-required", "use STARTTLS first")
-            if self.factory.addressFailures.blocked(xs.addressKey):
+            if self.accounts.loginRetryAfter(None, xs.peerHost):
                 raise sasl.SASLFailure(
                     "temporary-auth-failure",
                     "too many failed logins from your address; try again later",
@@ -716,7 +717,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
 
     def _accountGate(self, localpart: str) -> None:
         """Called by a mechanism once it knows the account, before checking credentials."""
-        if self.factory.accountFailures.blocked(localpart):
+        if self.accounts.loginRetryAfter(localpart, None):
             raise sasl.SASLFailure(
                 "temporary-auth-failure",
                 "too many failed logins for this account; try again later",
@@ -750,7 +751,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if step.data is not None:
             success.addContent(base64.b64encode(step.data).decode("ascii") if step.data else "=")
         self.authenticated = step.localpart
-        self.factory.accountFailures.succeeded(step.localpart)
+        self.accounts.loginSucceeded(step.localpart, self.xmlstream.peerHost)
         # No log line here: the core logs every session it opens, with its JID, and one line
         # per login is what a busy server can afford.
         xs.send(success)
@@ -763,9 +764,8 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if failure.condition == "not-authorized":
             # Wrong credentials: they count against the address and the account, beyond this
             # connection (see C{docs/xmpp.md}, "Throttling").
-            self.factory.addressFailures.failed(xs.addressKey)
-            if account is not None:
-                self.factory.accountFailures.failed(account)
+            # Counted by Accounts: one count per account and per address for every door.
+            self.accounts.loginFailed(account, xs.peerHost)
         element = domish.Element((NS_SASL, "failure"))
         element.addElement((NS_SASL, failure.condition))
         if failure.text:
@@ -1475,8 +1475,6 @@ class C2SFactory(xmlstream.XmlStreamServerFactory):
     @ivar secret: keys the fake SCRAM salts of unknown users (stable for the process).
     @ivar streams: the open connections, for shutdown.
     @ivar smSessions: XEP-0198 sessions that may be resumed, by resumption id.
-    @ivar addressFailures: failed logins per address key.
-    @ivar accountFailures: failed logins per account.
     @ivar registration: XEP-0077 (L{Registration}).
     """
 
@@ -1502,13 +1500,6 @@ class C2SFactory(xmlstream.XmlStreamServerFactory):
         self._features: dict[Any, bytes] = {}
         #: XEP-0198: sessions that may be resumed, by resumption id.
         self.smSessions: dict[str, C2SSession] = {}
-        #: Failed logins (wrong credentials) by address key and by account, across connections.
-        self.addressFailures = FailureThrottle(
-            config.authFailureLimit, config.authFailurePeriod, reactor
-        )
-        self.accountFailures = FailureThrottle(
-            config.authFailureLimit, config.authFailurePeriod, reactor
-        )
         #: XEP-0077: registration before authentication, password change after.
         self.registration = Registration(config, accounts, reactor)
         iq = getattr(im, "iq", None)
