@@ -671,6 +671,24 @@ class ThrottleTests(unittest.TestCase):
         assertError(self, await self.login(web, "bob", PASSWORD, "198.51.100.1"), 429,
                     "policy-violation")
 
+    def test_proxyChain(self) -> None:
+        """
+        Through several trusted proxies the client is the last untrusted address; what the
+        client itself put first in the header is never believed.
+        """
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from xmppjson.rest import clientAddress
+
+        request = DummyRequest([b""])
+        request.client = IPv4Address("TCP", "10.0.0.1", 5000)
+        request.requestHeaders.addRawHeader(b"X-Forwarded-For", b"198.51.100.1, 203.0.113.9")
+        request.requestHeaders.addRawHeader(b"X-Forwarded-For", b"10.0.0.2")
+        trusted = ("10.0.0.1", "10.0.0.2")
+        self.assertEqual(clientAddress(request, trusted), "203.0.113.9")
+        self.assertEqual(clientAddress(request, ("10.0.0.1",)), "10.0.0.2")
+        self.assertEqual(clientAddress(request, ()), "10.0.0.1")
+
     @_d
     async def test_passwordChange(self) -> None:
         """Guessing C{old_password} with a stolen token is throttled like a login."""

@@ -274,7 +274,9 @@ class StreamProtocol(WebSocketServerProtocol):
         self._early = None
         if self.session is not None:
             self.im.closeSession(self.session)
-        self.transport.loseConnection()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         """Nothing to do: we never half-close (L{IHalfCloseableProtocol})."""
