@@ -2384,3 +2384,26 @@ class ClosingSessionTests(unittest.TestCase):
 
         await waitUntil(allThere)
         self.assertEqual(written + len(stored), 200)
+
+
+class HalfCloseTests(unittest.TestCase):
+    """A client that shuts its side of the connection (FIN), perhaps mid-stanza."""
+
+    async def test_sessionEndsAndLaterMessagesGoOffline(self) -> None:
+        fx = await C2SFixture(self, useTLS=False, allowPlaintext=True).start("juliet", "romeo")
+        juliet = await fx.login("juliet", "balcony")
+        juliet.send("<presence/>")
+        romeo = await fx.login("romeo", "orchard")
+        juliet.send("<message to='romeo@localhost/orchard' type='chat'><body>part")  # cut short
+        juliet.protocol.readConnectionLost()
+        # The session left the core at once, and the socket closes after what was written.
+        self.assertIsNone(fx.im.router.session("juliet@localhost", "balcony"))
+        self.assertTrue(juliet.transport.disconnecting)
+        romeo.send("<message to='juliet@localhost' type='chat' id='late'><body>still there?</body></message>")
+        for _ in range(200):
+            stored = await fx.store.getOffline("juliet")
+            if stored:
+                break
+            await waitUntil(lambda: True)
+        self.assertEqual(len(stored), 1)
+        self.assertIn("late", stored[0].xml)

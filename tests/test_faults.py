@@ -755,11 +755,6 @@ class ShutdownTests(unittest.TestCase):
         await store.start()
         self.assertEqual(len(await store.getOffline("celina")), 1)
 
-    test_pendingOfflineWriteFinishes.todo = (  # type: ignore[attr-defined]
-        "IMServer.shutdown must await self.messages.drain() before the store closes, and the "
-        "store service must stop after the IM service (xmppjson/service.py stops them in "
-        "parallel); see docs/limits.md"
-    )
 
 
 def _freePort() -> int:

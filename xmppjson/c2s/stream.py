@@ -842,7 +842,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         xs.bound(session)
 
 
-@implementer(interfaces.IPushProducer)
+@implementer(interfaces.IPushProducer, interfaces.IHalfCloseableProtocol)
 class C2SStream(xmlstream.XmlStream):
     """
     One client connection.
@@ -941,6 +941,39 @@ class C2SStream(xmlstream.XmlStream):
         else:
             self._idleTimer = self._callLater(self._idleTimeout - silent, self._idleCheck)
 
+    def _resumable(self, session: C2SSession) -> bool:
+        """Whether a lost connection leaves C{session} waiting for XEP-0198 resumption."""
+        sm = session.sm
+        return (
+            sm is not None
+            and sm.resumable
+            and not self.closing
+            and session.active
+            and not self.im.shuttingDown
+        )
+
+    def readConnectionLost(self) -> None:
+        """
+        The client shut its side of the TCP connection (perhaps in the middle of a stanza).
+        Without this Twisted closes the socket at once, dropping what was written to it and not
+        sent yet, which the core counts as delivered.  Instead the session ends now (unless
+        stream management keeps it for resumption), so nothing more is routed here, and the
+        connection closes once everything already written has left.
+        """
+        session = self.session
+        if (
+            session is not None
+            and session.stream is self
+            and not session.finished
+            and not self._resumable(session)
+        ):
+            session.finish()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Nothing to do: the server never half-closes (L{IHalfCloseableProtocol})."""
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
         self.writable = False
@@ -953,13 +986,7 @@ class C2SStream(xmlstream.XmlStream):
         session = self.session
         if session is not None and session.stream is self and not session.finished:
             sm = session.sm
-            if (
-                sm is not None
-                and sm.resumable
-                and not self.closing
-                and session.active
-                and not self.im.shuttingDown
-            ):
+            if sm is not None and self._resumable(session):
                 # Dropped without a closing handshake: the client may come back for it.
                 self.log.info(
                     "{session} lost its connection; resumable for {t}s",

@@ -215,6 +215,9 @@ class IMServer:
         # service stopping next closes it.
         archived = defer.Deferred.fromCoroutine(self.archive.close())
         await self.presence.lastSeen.flush()
+        # Offline messages still being stored (or waiting to retry) are written, or bounced,
+        # before the store closes: an accepted message is never lost to a shutdown.
+        await self.messages.drain()
         await archived
 
     # stanzas -----------------------------------------------------------------
