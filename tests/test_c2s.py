@@ -1401,6 +1401,16 @@ class _RefusingAccounts:
     async def getScramKeys(self, localpart: str, mechanism: str) -> None:
         return None
 
+    # Never throttled: every fuzzed attempt must reach the SASL code.
+    def loginRetryAfter(self, localpart: str | None, address: str | None) -> float:
+        return 0.0
+
+    def loginFailed(self, localpart: str | None, address: str | None) -> None:
+        pass
+
+    def loginSucceeded(self, localpart: str, address: str | None) -> None:
+        pass
+
 
 _FRAGMENTS = st.sampled_from(
     [

@@ -1028,7 +1028,8 @@ class ClusterNode:
         self.stats["received"] += len(records)
         self._seen[sender] = (epoch, records[-1][1])
         self._ackDue.add(sender)
-        if self._ackCall is None:
+        # A notification can still arrive after stop() or crash(): nothing is scheduled then.
+        if self._ackCall is None and self.state != STOPPED:
             self._ackCall = self.reactor.callLater(ACK_DELAY, self._sendAcks)
 
     def _undeliverableHere(self, full: str, element: domish.Element) -> None:
