@@ -354,11 +354,6 @@ class StoreOutageTests(unittest.TestCase):
         self.assertEqual(message["payload"]["body"], "for later")
         self.assertEqual(message["payload"]["delay"]["from"], "localhost")
 
-    test_offlineMessageAcrossOutage.todo = (  # type: ignore[attr-defined]
-        "the blocking filter (xmppjson/im/blocking.py) reads an offline recipient's blocklist "
-        "before routing and bounces at once when the store is down, so the message never "
-        "reaches the retried offline write; see docs/limits.md"
-    )
 
 
 class DroppedSocketTests(unittest.TestCase):

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
@@ -240,13 +240,21 @@ class Blocking:
         return True
 
     async def _checkOffline(self, localpart: str) -> None:
-        items: set[str] | None
-        try:
-            items = set(await self.store.getBlocklist(localpart))
-        except Exception as e:  # noqa: BLE001 - the waiting messages must be answered whatever failed
-            if not isinstance(e, StoreUnavailable):
+        items: set[str] | None = None
+        # The same patience as storing the message itself: a short outage costs a delay, not
+        # an error (messages arriving meanwhile wait in order behind the first).
+        delays = self.server.config.offlineRetryDelays
+        for attempt in range(len(delays) + 1):
+            if attempt:
+                await task.deferLater(self.server.reactor, delays[attempt - 1], lambda: None)
+            try:
+                items = set(await self.store.getBlocklist(localpart))
+                break
+            except StoreUnavailable:
+                continue
+            except Exception:  # noqa: BLE001 - the waiting messages must be answered whatever failed
                 self.log.failure("Reading the blocklist of {u} failed", u=localpart)
-            items = None
+                break
         waiting = self._waiting.pop(localpart, [])
         for sender, message, target in waiting:
             if items is None:
