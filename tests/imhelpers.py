@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 

@@ -17,7 +17,7 @@ from twisted.words.xish import domish
 
 from xmppjson.error import BadRequest
 from xmppjson.im import roster as R
-from xmppjson.im.stanzas import NS_CLIENT, childText, errorReply, makeElement, now, parseJID, retarget, tryJID
+from xmppjson.im.stanzas import childText, errorReply, makeElement, now, parseJID, retarget, tryJID
 from xmppjson.storage import RosterItem
 
 if TYPE_CHECKING:

@@ -10,14 +10,14 @@ interested sessions.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from xmppjson.error import BadRequest, NotFound
-from xmppjson.im.stanzas import NS_CLIENT, NS_ROSTER, firstChild, iqResult, tryJID
+from xmppjson.im.stanzas import NS_CLIENT, NS_ROSTER, iqResult, tryJID
 from xmppjson.storage import RosterItem
 
 if TYPE_CHECKING:
