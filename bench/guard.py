@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--harness-python", default=None)
     ap.add_argument("--server-python", default=None)
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--xmppjson-arg", action="append", default=[], metavar="ARG",
+                    help="extra xmppjson option (repeatable), e.g. --xmppjson-arg=--no-archive")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     return ap
 
@@ -69,6 +71,8 @@ def main(argv=None) -> int:
     window = args.window or shape.get("window", 10)
     duration = args.duration or shape.get("duration", 4.0)
     rounds = args.rounds or conf.get("rounds", 2)
+    if not args.xmppjson_arg and not args.record:
+        args.xmppjson_arg = list(conf.get("xmppjson_args", []))  # measured as it was recorded
     if not args.record and "min_fraction" not in conf:
         raise SystemExit(f"{args.config} has no min_fraction: run with --record first")
     harness = args.harness_python or bl.default_harness_python()
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
     ratios, lost, results = [], 0, []
     try:
         # accounts once (the database outlives each fresh process)
-        xj = bl.start_xmppjson(tmp, c2s, web, db, args.iterations, server_py)
+        xj = bl.start_xmppjson(tmp, c2s, web, db, args.iterations, server_py, extra=args.xmppjson_arg)
         try:
             res = bl.run_json([harness, bl.WSBENCH, "--xmppbench", bl.XMPPBENCH, "--port", str(web), *common,
                                "--concurrency", "8", "provision", "--users", str(2 * pairs)], timeout=120)
@@ -99,7 +103,7 @@ def main(argv=None) -> int:
                     proc = bl.start_twisted_echo(tmp, echo, server_py)
                     port = echo
                 else:
-                    proc = bl.start_xmppjson(tmp, c2s, web, db, args.iterations, server_py)
+                    proc = bl.start_xmppjson(tmp, c2s, web, db, args.iterations, server_py, extra=args.xmppjson_arg)
                     port = c2s
                 try:
                     time.sleep(0.5)
@@ -133,7 +137,7 @@ def main(argv=None) -> int:
                "seconds": round(took, 1)}
     if args.record:
         conf = {"min_fraction": round(ratio * args.margin, 4), "measured_median": round(ratio, 4),
-                "margin": args.margin, "rounds": rounds,
+                "margin": args.margin, "rounds": rounds, "xmppjson_args": args.xmppjson_arg,
                 "shape": {"pairs": pairs, "window": window, "duration": duration},
                 "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "note": "min_fraction = measured_median x margin; re-record (--record) after a deliberate change"}

@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=os.path.join(bl.BENCH, "results", "profile"), help="output prefix")
     ap.add_argument("--py-spy", default=None)
     ap.add_argument("--summarize", default=None, metavar="RAW", help="only summarize an earlier raw file")
+    ap.add_argument("--code", default="worktree", metavar="REV|worktree",
+                    help="xmppjson code to profile: the working tree (default) or a commit (exported to /tmp)")
+    ap.add_argument("--xmppjson-arg", action="append", default=[], metavar="ARG",
+                    help="extra xmppjson option (repeatable), e.g. --xmppjson-arg=--no-archive")
     return ap
 
 
@@ -154,6 +158,7 @@ def main(argv=None) -> int:
         return 0
     pyspy = find_pyspy(args.py_spy)
     harness, server_py = bl.default_harness_python(), bl.default_server_python()
+    code = bl.REPO if args.code == "worktree" else bl.snapshot(args.code)[0]
     tmp = tempfile.mkdtemp(prefix="xmppjson-profile-")
     c2s, web = bl.free_port(), bl.free_port()
     db = f"sqlite:{os.path.join(tmp, 'p.sqlite3')}"
@@ -164,7 +169,7 @@ def main(argv=None) -> int:
     ring = args.load.endswith("presence")
     n = 200 if ring else (args.clients if "login" in args.load else 2 * args.pairs)
     prefix = ["--prefix", "ring"] if ring else []
-    xj = bl.start_xmppjson(tmp, c2s, web, db, args.iterations, server_py)
+    xj = bl.start_xmppjson(tmp, c2s, web, db, args.iterations, server_py, extra=args.xmppjson_arg, code=code)
     try:
         res = bl.run_json(ws + prefix + ["--concurrency", "8", "provision", "--users", str(n)], timeout=600)
         if res.get("error"):
@@ -175,7 +180,7 @@ def main(argv=None) -> int:
                 raise SystemExit(f"roster setup failed: {res}")
     finally:
         xj.stop()
-    xj = bl.start_xmppjson(tmp, c2s, web, db, args.iterations, server_py)
+    xj = bl.start_xmppjson(tmp, c2s, web, db, args.iterations, server_py, extra=args.xmppjson_arg, code=code)
     try:
         pid = ["--server-pid", str(xj.pid)]
         x = [harness, bl.XMPPBENCH, "--port", str(c2s), *pid, *common]
