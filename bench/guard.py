@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -136,11 +137,17 @@ def main(argv=None) -> int:
                "ratios": [round(r, 4) for r in ratios], "median": round(ratio, 4), "lost_or_duplicated": lost,
                "seconds": round(took, 1)}
     if args.record:
-        conf = {"min_fraction": round(ratio * args.margin, 4), "measured_median": round(ratio, 4),
+        history = list(conf.get("history", []))
+        if "measured_median" in conf:
+            history.append({k: conf.get(k) for k in ("recorded", "measured_median", "min_fraction", "git")})
+        git = subprocess.run(["git", "-C", bl.REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=False).stdout.strip()
+        conf = {"min_fraction": round(ratio * args.margin, 4), "git": git, "measured_median": round(ratio, 4),
                 "margin": args.margin, "rounds": rounds, "xmppjson_args": args.xmppjson_arg,
                 "shape": {"pairs": pairs, "window": window, "duration": duration},
                 "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "note": "min_fraction = measured_median x margin; re-record (--record) after a deliberate change"}
+                "note": "min_fraction = measured_median x margin; re-record (--record) after a deliberate change",
+                "history": history}
         with open(args.config, "w") as f:
             json.dump(conf, f, indent=2)
             f.write("\n")

@@ -198,12 +198,14 @@ def main(argv=None) -> int:
         gen = subprocess.Popen(load, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0 if "login" in args.load else 5.0)  # logins (and warm-up) before sampling
         spy = [pyspy, "record", "--pid", str(xj.pid), "--rate", str(args.rate), "--nonblocking"]
+        # the flame graph samples the first seconds alongside (a login load may end early)
+        svg = subprocess.Popen(spy + ["--duration", str(min(5, int(args.duration))), "--format", "flamegraph",
+                                      "-o", tag + ".svg"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         r = subprocess.run(spy + ["--duration", str(int(args.duration)), "--format", "raw", "-o", tag + ".txt"],
                            capture_output=True, text=True, check=False)
+        svg.wait(60)
         if r.returncode != 0:
             raise SystemExit(f"py-spy failed: {r.stderr[-500:]}")
-        subprocess.run(spy + ["--duration", "5", "--format", "flamegraph", "-o", tag + ".svg"],
-                       capture_output=True, text=True, check=False)
         gen.terminate()  # the load is bounded anyway (duration + 30 s); stop it now
         gen.wait(60)
     finally:
