@@ -173,12 +173,17 @@ class PresenceHandler:
             self._initial(session)
         self.lastSeen.note(session.localpart, show or "available", childText(presence, "status") or "")
 
-    def _broadcast(self, session: "Session", presence: domish.Element) -> None:
-        """To every contact with a 'from' subscription, and the user's other resources."""
+    def _broadcast(self, session: "Session", presence: domish.Element) -> set[str]:
+        """
+        To every contact with a 'from' subscription, and the user's other resources.  Returns
+        the bare JIDs of the contacts it was meant for.
+        """
         roster = self.rosters.cached(session.localpart) or {}
         screen = self.server.blocking.screen
+        told: set[str] = set()
         for item in roster.values():
             if item.subscription in ("from", "both"):
+                told.add(item.jid)
                 targets = screen(session.jid, self.router.availableSessionsOf(item.jid))
                 if targets:
                     copy = retarget(presence, item.jid)
@@ -187,6 +192,7 @@ class PresenceHandler:
         for other in self.router.availableSessionsOf(session.bare):
             if other is not session:
                 other.deliver(retarget(presence, other.full))
+        return told
 
     def refresh(self, session: Session) -> None:
         """
@@ -234,19 +240,7 @@ class PresenceHandler:
             presence["from"] = session.full
         told: set[str] = set()
         if session.presence is not None:
-            roster = self.rosters.cached(session.localpart) or {}
-            screen = self.server.blocking.screen
-            for item in roster.values():
-                if item.subscription in ("from", "both"):
-                    told.add(item.jid)
-                    targets = screen(session.jid, self.router.availableSessionsOf(item.jid))
-                    if targets:
-                        copy = retarget(presence, item.jid)
-                        for target in targets:
-                            target.deliver(copy)
-            for other in self.router.availableSessionsOf(session.bare):
-                if other is not session:
-                    other.deliver(retarget(presence, other.full))
+            told = self._broadcast(session, presence)
         for address in session.directedTo:
             jid = tryJID(address)
             if jid is None or jid.userhost() in told:
