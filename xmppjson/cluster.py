@@ -1050,7 +1050,10 @@ class ClusterNode:
                     target.deliver(reply)
 
     def _sendAcks(self) -> None:
-        self._ackCall = None
+        # Also called directly (by stop()): the scheduled call must not outlive it.
+        call, self._ackCall = self._ackCall, None
+        if call is not None and call.active():
+            call.cancel()
         if self.state != LIVE:
             return
         for node in self._ackDue:
