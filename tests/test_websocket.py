@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -397,3 +398,119 @@ class MaskerTests(unittest.TestCase):
                 got = masker.process(data[:cut]) + masker.process(data[cut:])
                 self.assertEqual(got, expected)
                 self.assertEqual(masker.pointer(), size)
+
+
+def maskedFrame(payload: bytes, opcode: int = 1, fin: bool = True, lengthBytes: int = 0) -> bytes:
+    """
+    A client frame as RFC 6455 section 5.2 lays it out, masked; C{lengthBytes} 2 or 8 forces
+    an extended length even where the payload is short (not the minimal encoding).
+    """
+    import os
+
+    from xmppjson.websocket import _xor
+
+    n = len(payload)
+    if lengthBytes == 0:
+        lengthBytes = 0 if n < 126 else 2 if n <= 0xFFFF else 8
+    first = bytes(((0x80 if fin else 0) | opcode,))
+    if lengthBytes == 0:
+        head = first + bytes((0x80 | n,))
+    elif lengthBytes == 2:
+        head = first + bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    else:
+        head = first + bytes((0x80 | 127,)) + n.to_bytes(8, "big")
+    mask = os.urandom(4)
+    return head + mask + _xor(payload, mask)
+
+
+def chatFrame(to: str, body: str) -> bytes:
+    return json.dumps(
+        {"type": "message", "payload": {"to": to, "type": "chat", "body": body}}
+    ).encode("utf-8")
+
+
+class DirectFramePathTests(unittest.TestCase):
+    """
+    The door reads whole text frames itself and leaves everything else to Autobahn; whatever
+    way the bytes arrive, the result is the same.
+    """
+
+    async def _pair(self, **config: Any) -> tuple[WebFixture, Any, Any]:
+        web = await WebFixture(self, **config).start("szymon", "alicja")
+        szymon = await web.connect("szymon")
+        alicja = await web.connect("alicja")
+        szymon.take()
+        alicja.take()
+        return web, szymon, alicja
+
+    @_d
+    async def test_severalFramesInOneRead(self):
+        """Frames of both length encodings and a ping between them, in one read, all in order."""
+        web, szymon, alicja = await self._pair()
+        bodies = ["short", "ż" * 200, "x" * 70000, "last"]
+        raw = b"".join(maskedFrame(chatFrame("alicja@localhost", b)) for b in bodies[:2])
+        raw += maskedFrame(b"ping!", opcode=9)
+        raw += b"".join(maskedFrame(chatFrame("alicja@localhost", b)) for b in bodies[2:])
+        szymon.transport.write(raw)
+        await web.until(lambda: len(alicja.frames) == len(bodies))
+        self.assertEqual([f["payload"]["body"] for f in alicja.take("message")], bodies)
+        self.assertIsNone(szymon.closedWith)
+
+    @_d
+    async def test_frameSplitIntoSingleBytes(self):
+        """A frame arriving a byte per read (Autobahn's incremental reader) reads the same."""
+        web, szymon, alicja = await self._pair()
+        raw = maskedFrame(chatFrame("alicja@localhost", "po kawałku " * 20))
+        raw += maskedFrame(chatFrame("alicja@localhost", "całość"))
+        for i in range(len(raw)):
+            szymon.transport.write(raw[i : i + 1])
+            web.pump()
+        await web.until(lambda: len(alicja.frames) == 2)
+        self.assertEqual([f["payload"]["body"] for f in alicja.take("message")],
+                         ["po kawałku " * 20, "całość"])
+
+    @_d
+    async def test_fragmentedMessage(self):
+        """A message in three fragments (text + continuations) is one frame of the dialect."""
+        web, szymon, alicja = await self._pair()
+        payload = chatFrame("alicja@localhost", "w trzech częściach")
+        parts = [payload[:10], payload[10:20], payload[20:]]
+        raw = maskedFrame(parts[0], opcode=1, fin=False)
+        raw += maskedFrame(parts[1], opcode=0, fin=False)
+        raw += maskedFrame(parts[2], opcode=0, fin=True)
+        szymon.transport.write(raw)
+        await web.until(lambda: alicja.frames)
+        self.assertEqual(alicja.take("message")[0]["payload"]["body"], "w trzech częściach")
+
+    @_d
+    async def test_nonMinimalLengthIsAProtocolError(self):
+        """A short payload behind a 16-bit length breaks RFC 6455: closed with 1002."""
+        web, szymon, alicja = await self._pair()
+        szymon.transport.write(maskedFrame(chatFrame("alicja@localhost", "hi")[:100], lengthBytes=2))
+        await web.until(lambda: szymon.closedWith is not None)
+        self.assertEqual(szymon.closedWith[0], 1002)
+        self.assertEqual(alicja.take("message"), [])
+
+    @_d
+    async def test_unmaskedClientFrameIsAProtocolError(self):
+        web, szymon, alicja = await self._pair()
+        payload = chatFrame("alicja@localhost", "bez maski")
+        szymon.transport.write(bytes((0x81, len(payload))) + payload)
+        await web.until(lambda: szymon.closedWith is not None)
+        self.assertEqual(szymon.closedWith[0], 1002)
+        self.assertEqual(alicja.take("message"), [])
+
+    @_d
+    async def test_serverFramesAreNotBoundByTheClientLimit(self):
+        """
+        The frame size limit is for what clients send: a stanza that grows on its way (the
+        sender's JID, a stanza-id) still reaches a web client whole.
+        """
+        web, szymon, alicja = await self._pair(maxFrameSize=1000)
+        body = "y" * (1000 - len(chatFrame("alicja@localhost", "")))
+        szymon.sendJSON(json.loads(chatFrame("alicja@localhost", body)))
+        await web.until(lambda: alicja.frames)
+        [frame] = alicja.take("message")
+        self.assertEqual(frame["payload"]["body"], body)
+        self.assertGreater(len(json.dumps(frame, ensure_ascii=False)), 1000)
+        self.assertIsNone(alicja.closedWith)
