@@ -478,3 +478,27 @@ class OfflineOrderTests(unittest.TestCase):
                 break
             await settle(1)
         self.assertEqual([parse(m.xml)["id"] for m in stored], [f"b{i}" for i in range(20)])
+
+
+class StanzaIdTests(unittest.TestCase):
+    """Server-assigned ids (XEP-0359) come from a pool of CSPRNG bytes."""
+
+    def test_uniqueAcrossRefills(self):
+        from xmppjson.im import stanzas
+
+        pool = stanzas._RandomPool()
+        self.patch(stanzas, "_pool", pool)
+        count = 3 * stanzas._RandomPool.SIZE // 12 + 5
+        ids = [stanzas.newStanzaId() for _ in range(count)]
+        self.assertEqual(len(set(ids)), count)
+        for value in ids[:3] + ids[-3:]:
+            self.assertRegex(value, r"^[A-Za-z0-9_-]{16}$")
+
+    def test_poolTakesWhatIsAsked(self):
+        from xmppjson.im.stanzas import _RandomPool
+
+        pool = _RandomPool()
+        taken = [pool.take(12) for _ in range(_RandomPool.SIZE // 12)]
+        self.assertEqual(b"".join(taken), pool._bytes)
+        self.assertEqual(len(pool.take(_RandomPool.SIZE + 1)), _RandomPool.SIZE + 1)
+        self.assertEqual(len(pool.take(7)), 7)

@@ -277,8 +277,15 @@ class StreamProtocol(WebSocketServerProtocol):
         return super().processData()
 
     def sendText(self, text: str) -> None:
-        """Send C{text} as one text frame."""
-        self.sendMessage(text.encode("utf-8"), False)
+        """Send C{text} as one text frame (L{sendMessage}'s direct path, inlined)."""
+        payload = text.encode("utf-8")
+        if (
+            self.state != _STATE_OPEN or self.send_queue or self.logFrames
+            or self._perMessageCompress is not None
+        ):
+            super().sendMessage(payload, False)
+            return
+        self.transport.write(_frameHeader(1, len(payload)) + payload)
 
     def sendMessage(self, payload: bytes, isBinary: bool = False, fragmentSize: Optional[int] = None,
                     sync: bool = False, doNotCompress: bool = False) -> None:

@@ -120,19 +120,20 @@ class Carbons:
         sent = self._enabled.get(sender.bare) if sender is not None and sender.bare != bare else None
         if not received and not sent:
             return
-        if not eligible(message):
-            return
-        forwarded: domish.Element | None = None
+        # Who would get a copy comes first: it is usually nobody (a user with one session, as
+        # every web user has carbons on), and that costs less than reading the message.
+        copies = []
         if received:
-            for session in list(received):
-                if session not in delivered and session is not sender and session.active:
-                    forwarded = forwarded or self._forwarded(message)
-                    session.deliver(self._wrap("received", forwarded, bare, session, message))
+            copies = [("received", bare, session) for session in received
+                      if session not in delivered and session is not sender and session.active]
         if sent and sender is not None:
-            for session in list(sent):
-                if session is not sender and session.active:
-                    forwarded = forwarded or self._forwarded(message)
-                    session.deliver(self._wrap("sent", forwarded, sender.bare, session, message))
+            copies += [("sent", sender.bare, session) for session in sent
+                       if session is not sender and session.active]
+        if not copies or not eligible(message):
+            return
+        forwarded = self._forwarded(message)
+        for kind, owner, session in copies:
+            session.deliver(self._wrap(kind, forwarded, owner, session, message))
 
     def _forwarded(self, message: domish.Element) -> domish.Element:
         """

@@ -89,7 +89,7 @@ class MessageHandler:
         domain = self.domain
         for index in range(len(children) - 1, -1, -1):
             child = children[index]
-            if not isinstance(child, domish.Element):
+            if isinstance(child, str):
                 continue
             if child.name == "stanza-id" and child.uri == NS_SID:
                 by = child.getAttribute("by") or ""
@@ -171,17 +171,18 @@ class MessageHandler:
         for index in range(len(children) - 1, -1, -1):
             child = children[index]
             if (
-                isinstance(child, domish.Element)
+                not isinstance(child, str)
                 and child.name == "stanza-id"
                 and child.uri == NS_SID
-                and child.getAttribute("by") == by
+                and child.attributes.get("by") == by
             ):
-                if keep and child.getAttribute("id"):
+                if keep and child.attributes.get("id"):
                     return
                 del children[index]
-        sid = message.addElement((NS_SID, "stanza-id"))
-        sid["by"] = by
-        sid["id"] = newStanzaId()
+        # Built in one step: this runs for every message routed.
+        sid = domish.Element((NS_SID, "stanza-id"), NS_SID, {"by": by, "id": newStanzaId()})
+        sid.parent = message
+        children.append(sid)
 
     async def _offline(self, message: domish.Element, bare: str, mtype: str, sender: "Session | None",
                        redelivery: bool = False) -> None:

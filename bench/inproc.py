@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""
+bench/inproc.py: the server-side CPU of one chat message through each door, in one process.
+
+No sockets and no load generator: two users are logged in on in-memory transports (the test
+suite's fixtures, so the real door, core and store run), then batches of chat messages from one
+to the other are fed to the sender's protocol and the recipient's output is thrown away. What
+is measured is the door's reading, the core's routing and the door's writing of a message, in
+microseconds of process CPU, for the c2s door and the JSON door side by side in the same run
+(the ratio is what counts; absolute figures depend on the machine). System calls are not in
+it: bench/run.py measures the whole server.
+
+  python3 bench/inproc.py                      # both doors, archive off, 3 rounds
+  python3 bench/inproc.py --archive            # with the SQLite archive on
+  python3 bench/inproc.py --profile ws         # cProfile of the JSON door, top functions
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ holds a profile.py that would shadow the standard library's (cProfile imports it):
+# run from the project root instead.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import pstats  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from twisted.internet import defer, task  # noqa: E402
+
+BATCH = 10
+
+
+class _Case:
+    """What the test fixtures expect of a TestCase."""
+
+    def __init__(self) -> None:
+        self.cleanups: list[Any] = []
+
+    def addCleanup(self, f: Any, *a: Any) -> None:
+        self.cleanups.append((f, a))
+
+    async def cleanup(self) -> None:
+        for f, a in reversed(self.cleanups):
+            await defer.maybeDeferred(f, *a)
+
+
+class _Sink:
+    """A transport that throws away what the server writes (and counts it)."""
+
+    disconnecting = False
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def writeSequence(self, seq: Any) -> None:
+        for data in seq:
+            self.written += len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def c2sDoor(case: _Case, archive: bool) -> tuple[Any, list[bytes]]:
+    from tests.test_c2s import C2SFixture
+
+    fixture = await C2SFixture(case, useTLS=False, allowPlaintext=True, archive=archive,
+                               stanzaRate=0).start("alice", "bob")
+    alice = await fixture.login("alice", "a")
+    bob = await fixture.login("bob", "b")
+    for wire in (alice, bob):
+        wire.send("<presence/>")
+        await task.deferLater(_reactor(), 0.01, lambda: None)
+        wire.take()
+    bob.protocol.transport = _Sink(bob.protocol.transport)
+    alice.protocol.transport = _Sink(alice.protocol.transport)
+    batches = [
+        "".join(
+            f"<message to='bob@{fixture.config.domain}' type='chat'><body>{i}:{j} hello</body></message>"
+            for j in range(BATCH)
+        ).encode()
+        for i in range(64)
+    ]
+    return (lambda data: alice.protocol.dataReceived(data)), batches, fixture
+
+
+async def wsDoor(case: _Case, archive: bool) -> tuple[Any, list[bytes]]:
+    import json
+
+    from tests.test_websocket import maskedFrame
+    from tests.wshelpers import WebFixture
+
+    fixture = await WebFixture(case, archive=archive, stanzaRate=0).start("alice", "bob")
+    clients = [await fixture.connect(user, presence={}) for user in ("alice", "bob")]
+    await fixture.flush()
+    protocols = {s.jid.user: s.protocol for s in fixture.im.router if s.door == "websocket"}
+    for protocol in protocols.values():
+        protocol.transport = _Sink(protocol.transport)
+    del clients
+    batches = [
+        b"".join(
+            maskedFrame(json.dumps({"type": "message", "payload": {
+                "to": f"bob@{fixture.config.domain}", "type": "chat", "body": f"{i}:{j} hello"}}).encode())
+            for j in range(BATCH)
+        )
+        for i in range(64)
+    ]
+    alice = protocols["alice"]
+    return (lambda data: alice.dataReceived(data)), batches, fixture
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def measure(feed: Any, batches: list[bytes], messages: int) -> float:
+    """Microseconds of process CPU per message."""
+    rounds = messages // BATCH
+    n = len(batches)
+    start = time.process_time()
+    for i in range(rounds):
+        feed(batches[i % n])
+    return (time.process_time() - start) * 1e6 / (rounds * BATCH)
+
+
+async def main(args: argparse.Namespace) -> None:
+    case = _Case()
+    try:
+        doors = {"c2s": await c2sDoor(case, args.archive), "ws": await wsDoor(case, args.archive)}
+        for feed, batches, _ in doors.values():
+            measure(feed, batches, 2000)  # warm-up (caches, first allocations)
+        if args.profile:
+            feed, batches, _ = doors[args.profile]
+            profiler = cProfile.Profile()
+            profiler.enable()
+            measure(feed, batches, args.messages)
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
+            return
+        results: dict[str, list[float]] = {name: [] for name in doors}
+        for _ in range(args.rounds):
+            for name, (feed, batches, fixture) in doors.items():
+                results[name].append(measure(feed, batches, args.messages))
+                if args.archive:
+                    await fixture.im.archive.flush()
+        c2s = sorted(results["c2s"])[len(results["c2s"]) // 2]
+        ws = sorted(results["ws"])[len(results["ws"]) // 2]
+        print(f"archive {'on' if args.archive else 'off'}, {args.messages} messages x {args.rounds} rounds, "
+              f"median us of process CPU per message:")
+        print(f"  c2s door  {c2s:7.1f}  {['%.1f' % r for r in results['c2s']]}")
+        print(f"  JSON door {ws:7.1f}  {['%.1f' % r for r in results['ws']]}")
+        print(f"  JSON door / c2s door, per CPU-second: {c2s / ws:.2f}x")
+    finally:
+        await case.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--archive", action="store_true")
+    parser.add_argument("--profile", choices=("c2s", "ws"))
+    parser.add_argument("--top", type=int, default=35)
+    task.react(lambda reactor: defer.ensureDeferred(main(parser.parse_args())))
