@@ -278,6 +278,33 @@ class AccountsTests(unittest.TestCase):
         self.assertFalse(await self.accounts.checkPassword("ewa", None))  # type: ignore
         self.assertFalse(await self.accounts.checkPassword("nobody", "pass word"))
 
+    async def test_checkPasswordMechanism(self) -> None:
+        """
+        A plain password is checked with one PBKDF2 run against the SCRAM-SHA-1 keys (the
+        cheapest stored), or the SHA-256 keys of an account that has no SHA-1 keys; an unknown
+        user costs the same run as a known one.
+        """
+        from xmppjson.storage import Credentials
+
+        await self.asyncSetUp()
+        await self.accounts.register("ewa", "123456")
+        used: list[str] = []
+        original = scram.verifyPassword
+
+        def spy(mechanism: str, *args: object) -> bool:
+            used.append(mechanism)
+            return original(mechanism, *args)  # type: ignore[arg-type]
+
+        self.patch(scram, "verifyPassword", spy)
+        self.assertTrue(await self.accounts.checkPassword("ewa", "123456"))
+        self.assertFalse(await self.accounts.checkPassword("nobody", "123456"))
+        self.assertEqual(used, ["SCRAM-SHA-1", "SCRAM-SHA-1"])
+        only256 = scram.deriveKeys("SCRAM-SHA-256", "abcdefg", self.config.scramIterations)
+        await self.store.setCredentials("ewa", Credentials(keys={"SCRAM-SHA-256": only256}))
+        self.assertTrue(await self.accounts.checkPassword("ewa", "abcdefg"))
+        self.assertFalse(await self.accounts.checkPassword("ewa", "123456"))
+        self.assertEqual(used[2:], ["SCRAM-SHA-256", "SCRAM-SHA-256"])
+
     async def test_checkPasswordInThreadPool(self) -> None:
         """With a reactor that has threads, PBKDF2 runs in its thread pool, not inline."""
         await self.asyncSetUp()

@@ -41,8 +41,12 @@ MAX_PASSWORD_LENGTH = 1024
 #: Tokens longer than this are refused without asking the store (ours are 48 characters).
 MAX_TOKEN_LENGTH = 512
 
-#: The mechanism whose keys L{Accounts.checkPassword} verifies against.
-CHECK_MECHANISM = "SCRAM-SHA-256"
+#: The mechanisms whose keys L{Accounts.checkPassword} verifies a plain password against, in
+#: order of preference: the cheapest PBKDF2 first.  Every account stores keys for all of
+#: L{scram.MECHANISMS}, and anyone who can read them can attack the weakest, so checking with
+#: the SHA-1 keys costs no protection and a third less CPU per login than SHA-256 (Prosody's
+#: hashed store checks the same way); SHA-256 serves accounts that have no SHA-1 keys.
+CHECK_MECHANISMS = ("SCRAM-SHA-1", "SCRAM-SHA-256")
 
 #: How often, at most, L{Accounts.login} sweeps expired tokens out of the store (seconds).
 PURGE_INTERVAL = 3600.0
@@ -353,15 +357,15 @@ class Accounts:
         # PBKDF2 run as a wrong password and cannot be told apart by timing.
         if self._dummyKeys is None or self._dummyKeys.iterations != self.config.scramIterations:
             self._dummyKeys = scram.deriveKeys(
-                CHECK_MECHANISM, secrets.token_urlsafe(16), self.config.scramIterations
+                CHECK_MECHANISMS[0], secrets.token_urlsafe(16), self.config.scramIterations
             )
         return self._dummyKeys
 
     async def checkPassword(self, localpart: str, password: str) -> bool:
         """
         Whether C{password} is the password of the normalised C{localpart}: one PBKDF2 run
-        (SCRAM-SHA-256 keys) and a constant-time comparison.  Unknown users and passwords that
-        fail SASLprep are simply wrong.
+        (with the keys of the first of L{CHECK_MECHANISMS} the account has) and a constant-time
+        comparison.  Unknown users and passwords that fail SASLprep are simply wrong.
         """
         if not isinstance(password, str) or len(password) > 4 * MAX_PASSWORD_LENGTH:
             return False
@@ -369,11 +373,15 @@ class Accounts:
             prepared = saslprep(password)
         except ScramException:
             return False
-        keys = await self.getScramKeys(localpart, CHECK_MECHANISM)
-        known = keys is not None
-        if keys is None:
-            keys = self._fakeKeys()
-        matches = await self._offload(scram.verifyPassword, CHECK_MECHANISM, keys, prepared)
+        credentials = await self.store.getCredentials(localpart)
+        stored = credentials.keys if credentials is not None else {}
+        mechanism = next((m for m in CHECK_MECHANISMS if m in stored), None)
+        known = mechanism is not None
+        if mechanism is None:
+            mechanism, keys = CHECK_MECHANISMS[0], self._fakeKeys()
+        else:
+            keys = stored[mechanism]
+        matches = await self._offload(scram.verifyPassword, mechanism, keys, prepared)
         return known and matches
 
     async def changePassword(self, localpart: str, password: str) -> None:
