@@ -14,6 +14,7 @@ Run C{python -m tests.test_jsonstanza} for the timings quoted in the module's do
 
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
 import os
@@ -28,6 +29,7 @@ from twisted.words.xish import domish
 
 from xmppjson import error as xerror
 from xmppjson import jsonstanza
+from xmppjson.im.stanzas import retarget
 from xmppjson.jsonstanza import (
     FrameError,
     FrameTooBig,
@@ -1618,6 +1620,399 @@ class FuzzTests(SynchronousTestCase):
         key = data.draw(st.sampled_from(sorted(payload)))
         payload[key] = data.draw(_structured)
         self.check(json.dumps(frame))
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast paths: same result as the general ones, and a fall-back to them for anything else
+# ---------------------------------------------------------------------------------------------
+
+
+def shape(element: domish.Element) -> Any:
+    """Everything of an element, in order (attribute order included): what must not differ."""
+    children = []
+    for child in element.children:
+        if isinstance(child, str):
+            children.append((type(child).__name__, str(child)))
+        else:
+            assert child.parent is element
+            children.append(shape(child))
+    return (element.uri, element.name, element.defaultUri, element.localPrefixes,
+            list(element.attributes.items()), children)
+
+
+def _noScan(text: str, index: int) -> Any:
+    raise StopIteration(index)
+
+
+def _notWritten(element: domish.Element) -> str:
+    raise TypeError("as if the fast path could not write it")
+
+
+@contextlib.contextmanager
+def generalPathsOnly() -> Any:
+    """parseFrame and serialize as they were before the fast paths: decode, readers, toFrame."""
+    names = ("_scanOnce", "_fastMessage", "_fastPresence", "_messageFrame", "_presenceFrame")
+    saved = [getattr(jsonstanza, name) for name in names]
+    replacements = (_noScan, lambda payload: None, lambda payload: None, lambda element: None,
+                    _notWritten)
+    for name, replacement in zip(names, replacements):
+        setattr(jsonstanza, name, replacement)
+    try:
+        yield
+    finally:
+        for name, original in zip(names, saved):
+            setattr(jsonstanza, name, original)
+
+
+def readOutcome(frame: str | bytes) -> Any:
+    """What parseFrame makes of a frame: the element's shape, or the error it raises."""
+    try:
+        element = parseFrame(frame)
+    except FrameError as e:
+        return (type(e), e.condition, e.text, e.frameId)
+    return shape(element)
+
+
+def generalSerialize(element: domish.Element) -> str:
+    """The definition of serialize before the fast path: the json module's encoder on toFrame."""
+    return jsonstanza._encoder.encode(toFrame(element))
+
+
+def fastWritten(element: domish.Element) -> bool:
+    """Whether serialize writes the children of C{element} itself rather than by toFrame."""
+    table = {"message": jsonstanza._FAST_MESSAGE_OUT, "presence": jsonstanza._FAST_PRESENCE_OUT}
+    return element.name in table and jsonstanza._fragments(element, table[element.name], None) is not None
+
+
+# Payload values that the fast readers take and some that they must leave to the general one.
+_fastValues = st.one_of(
+    jids, ids, someText, st.sampled_from(
+        ["", "chat", "normal", "headline", "groupchat", "error", "away", "av", "dnd", "available",
+         "unavailable", "subscribe", "probe", "\x00", "\ud800", "a\tb", "@localhost", "a@b/",
+         "x" * 257, "x" * 1025, "ALICJA@LOCALHOST", "alicja@localhost/\u00e9"]
+    ),
+    st.integers(-130, 130), st.booleans(), st.none(),
+    st.sampled_from([{}, {"ID": ""}, {"a": 1, "b": None}, {"a": {}}, {"a": [1]}, [], ["x"]]),
+)
+_messageKeys = st.sampled_from(
+    ["to", "type", "body", "id", "from", "name", "active", "composing", "paused", "gone",
+     "inactive", "subject", "lang", "delay", "xml", "bdy"]
+)
+_presenceKeys = st.sampled_from(
+    ["to", "type", "id", "from", "show", "status", "priority", "lang", "error", "name"]
+)
+_validFastValues = {
+    "to": st.one_of(jids, st.just("")),
+    "body": someText, "status": someText, "subject": someText,
+    "id": st.one_of(ids, st.just("")),
+    "from": jids, "name": st.just("message"),
+    "show": st.sampled_from(["away", "chat", "dnd", "xa", "", "av"]),
+    "priority": st.integers(-128, 127),
+    **{state: st.sampled_from([{}, {"ID": ""}]) for state in jsonstanza.CHAT_STATES},
+}
+_validTypes = {
+    "message": st.sampled_from(["chat", "normal", "headline", "groupchat"]),
+    "presence": st.sampled_from(["", "available", "unavailable", "subscribe", "probe"]),
+}
+
+
+@st.composite
+def fastFrames(draw: Any) -> dict:
+    """Frames of the shapes the fast readers take, now and then with a key or value they do not."""
+    kind = draw(st.sampled_from(["message", "presence"]))
+    odd = draw(st.booleans())  # else only keys and values the fast readers take
+    keys = draw(st.lists(_messageKeys if kind == "message" else _presenceKeys, unique=True, max_size=6))
+    payload = {}
+    for key in keys:
+        valid = _validTypes[kind] if key == "type" else _validFastValues.get(key)
+        if valid is None or key == "subject":
+            if not odd:
+                continue
+            valid = _fastValues
+        payload[key] = draw(_fastValues if odd and draw(_oneInFour) else valid)
+    return {"type": kind, "payload": payload}
+
+
+_fastFrames = fastFrames()
+_spacing = st.sampled_from(["", "", "", " ", "\n", "\t ", "x", "]"])
+
+
+def _fastChild(draw: Any, kind: str, odd: bool) -> Any:
+    """
+    A child a fast writer takes, or (if C{odd}) now and then one just beside it, which it must
+    leave alone.
+    """
+    if odd:
+        choice = draw(st.sampled_from(
+            ["body", "body", "state", "sid", "sid", "delay", "show", "status", "priority", "other",
+             "text", "raw"]
+        ))
+        uri = draw(st.sampled_from([NS_CLIENT, NS_CLIENT, NS_CLIENT, None, "", "urn:other"]))
+    else:
+        choices = ["body", "state", "sid", "delay"] if kind == "message" else [
+            "show", "status", "priority", "sid", "delay"]
+        choice = draw(st.sampled_from(choices))
+        uri = NS_CLIENT
+    if choice == "text":
+        return draw(st.sampled_from([" ", "\n  ", "stray text"]))
+    if choice == "raw":
+        return domish.SerializedXML("<x xmlns='urn:raw'/>")
+    if choice == "other":
+        child = domish.Element((draw(namespaces), draw(names)))
+    elif choice == "state":
+        state = draw(st.sampled_from(jsonstanza.CHAT_STATES))
+        child = domish.Element((draw(st.sampled_from([NS_CHATSTATES, NS_CHATSTATES, "urn:x"])), state))
+    elif choice == "sid":
+        child = domish.Element((draw(st.sampled_from(["urn:xmpp:sid:0", "urn:xmpp:sid:0", "urn:x"])), "stanza-id"))
+        child["by"] = draw(bareJIDs)
+        if draw(st.integers(0, 5)):
+            child["id"] = draw(ids)
+    elif choice == "delay":
+        child = domish.Element((draw(st.sampled_from(["urn:xmpp:delay", "urn:xmpp:delay", "urn:x"])), "delay"))
+        if draw(st.integers(0, 5)):
+            child["stamp"] = "2026-11-27T12:00:00.000000Z"
+        if draw(st.booleans()):
+            child["from"] = draw(domains)
+    else:
+        child = domish.Element((uri, choice), uri if uri is not None else None)
+        if choice == "show":
+            child.addContent(draw(st.sampled_from(["away", "chat", "dnd", "xa", "", "busy"])))
+        elif choice == "priority":
+            child.addContent(draw(st.sampled_from(["5", "-128", "127", "128", "05", "+1", "x", ""])))
+        elif choice in ("body", "status"):
+            text = draw(st.one_of(st.just(""), someText))
+            if text:
+                child.addContent(text)
+    if odd and draw(_oneInFour):
+        if draw(st.booleans()):
+            child[draw(attrNames)] = draw(someText)
+        elif draw(st.booleans()):
+            child.addContent(draw(someText))
+        else:
+            child.addElement(("urn:inner", "inner"))
+    return child
+
+
+@st.composite
+def fastStanzas(draw: Any) -> domish.Element:
+    """Messages and presences as the router delivers them, with now and then something odd."""
+    kind = draw(st.sampled_from(["message", "presence"]))
+    odd = draw(st.booleans())
+    uri = draw(st.sampled_from([NS_CLIENT, NS_CLIENT, NS_CLIENT, None, ""]))
+    element = domish.Element((uri, kind))
+    attributes = {"from": draw(_maybeJID), "to": draw(_maybeJID), "id": draw(_maybeId),
+                  "type": draw(_messageTypes if kind == "message" else _presenceTypes)}
+    for key, value in attributes.items():
+        if value is not None:
+            element[key] = value if draw(st.integers(0, 9)) else ""
+    if draw(_oneInFour):
+        element[draw(st.sampled_from([(NS_XML, "lang"), "xml:lang", "other"]))] = draw(_langs)
+    if odd and draw(_oneInFour):
+        element["id"] = 5  # type: ignore[assignment]  # not a string: only toFrame writes it
+    for _ in range(draw(st.integers(0, 4))):
+        element.addChild(_fastChild(draw, kind, odd))
+    return element
+
+
+class FastPathTests(SynchronousTestCase):
+    """
+    parseFrame and serialize have fast paths for the frames that are the traffic; they must
+    give exactly what the general paths give (down to attribute and key order), and leave
+    everything else to them.
+    """
+
+    typical = (
+        message(to="alicja@localhost", type="chat", body="Cześć 👋", id="m1"),
+        message(to="alicja@localhost", type="chat", body="Cześć", id="m1", active={}),
+        message(to="Alicja@LOCALHOST/Dom", type="chat", body="", composing={"ID": ""}),
+        message(name="message", **{"from": "x"}, id="as12da11", to="alicja@localhost",
+                type="chat", body="a\r\nb\tc"),
+        message(body="no to, no type"),
+        message(to="", id="", body="x", type="normal"),
+        presence(show="away", status="Mam  na imię alicja", priority=5),
+        presence(),
+        presence(type="unavailable", status=""),
+        presence(type="subscribed", to="szymon@localhost", id="s1"),
+        presence(show="", type="available", priority=-128),
+        presence(to="", id="", type=""),
+    )
+
+    def test_fastReadersTakeTheTraffic(self) -> None:
+        for frame in self.typical:
+            fast = jsonstanza._fastMessage if frame["type"] == "message" else jsonstanza._fastPresence
+            element = fast(frame["payload"])
+            assert element is not None, frame
+            text = json.dumps(frame)
+            with generalPathsOnly():
+                expected = readOutcome(text)
+            self.assertEqual(shape(element), expected)
+            self.assertEqual(readOutcome(text), expected)
+
+    def test_fastReadersFallBack(self) -> None:
+        """Anything else is left to the general reader, which reads or refuses it."""
+        refused = [
+            message(subject="s"), message(thread="t"), message(lang="pl"), message(type="error"),
+            message(xml=["<a xmlns='urn:a'/>"]), message(delay={}), message(stanza_id="x"),
+            message(bdy="typo"), message(body=5), message(body="\x00"), message(id=7),
+            message(id="x" * 1025), message(to="not a jid@@"), message(to="x" * 257 + "@localhost"),
+            message(to="a@localhost\n"), message(to=5), message(type="x"), message(type=["chat"]),
+            message(active=[]), message(active={"a": {"b": {}}}), message(composing=None),
+            message(**{"from": {"a": 1}}), message(name=[1]),
+            presence(show="busy"), presence(show=None), presence(type="error"),
+            presence(type="x"), presence(type={}), presence(status=5), presence(status="x" * 4097),
+            presence(priority=True), presence(priority=128), presence(priority="5"),
+            presence(lang="pl"), presence(name="presence"), presence(**{"from": []}),
+            presence(xml=["<c xmlns='urn:c'/>"]),
+        ]
+        for frame in refused:
+            fast = jsonstanza._fastMessage if frame["type"] == "message" else jsonstanza._fastPresence
+            self.assertIsNone(fast(frame["payload"]), frame)
+            text = json.dumps(frame)
+            with generalPathsOnly():
+                expected = readOutcome(text)
+            self.assertEqual(readOutcome(text), expected, frame)
+
+    def test_frameLevelLeftToTheGeneralReader(self) -> None:
+        """Frames with other keys, other types, or not a payload object never take a fast path."""
+        for frame in [
+            '{"type":"message","payload":{"body":"x"},"extra":1}', '{"type":"message"}',
+            '{"type":"message","payload":[]}', '{"type":"iq","payload":{"type":"get","id":"1"}}',
+            '{"type":["message"],"payload":{}}', ' {"type":"message","payload":{}}',
+            '{"type":"message","payload":{}} ', '{"type":"message","payload":{}}x',
+            '{"type":"message","payload":{"priority":NaN}}', '[' * 40 + ']' * 40, '',
+            '{"type":"iq","payload":{"type":"get","id":"1","query":{"jabber:iq:roster"}}}',
+        ]:
+            with generalPathsOnly():
+                expected = readOutcome(frame)
+            self.assertEqual(readOutcome(frame), expected, frame)
+            self.assertEqual(readOutcome(frame.encode()), expected, frame)
+
+    @PROPERTY
+    @given(_fastFrames, _spacing, _spacing)
+    def test_fastReadersAsGeneral(self, frame: dict, before: str, after: str) -> None:
+        text = before + json.dumps(frame, ensure_ascii=False) + after
+        with generalPathsOnly():
+            expected = readOutcome(text)
+        self.assertEqual(readOutcome(text), expected)
+
+    @PROPERTY
+    @given(st.one_of(_jsonValues.map(json.dumps), st.text(max_size=40)))
+    def test_decodingAsGeneral(self, text: str) -> None:
+        with generalPathsOnly():
+            expected = readOutcome(text)
+        self.assertEqual(readOutcome(text), expected)
+
+    def test_fastWriterTakesTheTraffic(self) -> None:
+        sid = "<stanza-id xmlns='urn:xmpp:sid:0' by='alicja@localhost' id='kX3l0b9Q'/>"
+        for xml in [
+            f"<message from='s@localhost/w' to='alicja@localhost' id='m1' type='chat'><body>Cześć 👋 \"quoted\" \\</body>{sid}</message>",
+            f"<message from='s@localhost/w' to='alicja@localhost' type='chat'><body>x</body><active xmlns='{NS_CHATSTATES}'/>{sid}</message>",
+            f"<message from='s@localhost/w' to='alicja@localhost' type='chat'><composing xmlns='{NS_CHATSTATES}'/><paused xmlns='{NS_CHATSTATES}'/>{sid}</message>",
+            f"<message from='s@localhost/w' type='chat'>{sid}<active xmlns='{NS_CHATSTATES}'/><body>body last, key fifth</body></message>",
+            f"<message from='a@localhost/d' to='s@localhost' id='m7' type='chat'><body>Are you there?</body><delay xmlns='urn:xmpp:delay' from='localhost' stamp='2026-11-27T12:00:00.000000Z'/>{sid}</message>",
+            "<message to='s@localhost' xml:lang='pl'><delay xmlns='urn:xmpp:delay' stamp='2026'>Offline</delay></message>",
+            "<message/>",
+            "<presence from='a@localhost/d' to='s@localhost'><show>away</show><status>Mam  na imię alicja</status><priority>5</priority></presence>",
+            "<presence from='a@localhost/d' type='unavailable'/>",
+            "<presence from='a@localhost/d' to='s@localhost' id='p1'>\n  <status/>\n  <priority>-1</priority>\n</presence>",
+        ]:
+            element = parseXml(xml)
+            self.assertTrue(fastWritten(element), xml)
+            self.assertEqual(serialize(element), generalSerialize(element))
+
+    def test_fastWriterFallsBack(self) -> None:
+        """Whatever has no key of the fast writer is left to toFrame: xml, error, lang..."""
+        for xml in [
+            "<message><body/></message>",
+            "<message><body>a</body><body>b</body></message>",
+            "<message><body xml:lang='pl'>a</body></message>",
+            "<message><subject>s</subject></message>",
+            f"<message><active xmlns='{NS_CHATSTATES}' x='1'/></message>",
+            f"<message><active xmlns='{NS_CHATSTATES}'/><active xmlns='{NS_CHATSTATES}'/></message>",
+            "<message><stanza-id xmlns='urn:xmpp:sid:0' by='a@localhost'/></message>",
+            "<message><stanza-id xmlns='urn:xmpp:sid:0' id='1'><x/></stanza-id></message>",
+            "<message><delay xmlns='urn:xmpp:delay' stamp='1' other='2'/></message>",
+            "<message><delay xmlns='urn:xmpp:delay' from='localhost'/></message>",
+            "<message><request xmlns='urn:xmpp:receipts'/></message>",
+            "<message type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+            "<message><show>away</show></message>",
+            "<presence><show>busy</show></presence>",
+            "<presence><priority>+5</priority></presence>",
+            "<presence><status>a</status><status>b</status></presence>",
+            "<presence><body>x</body></presence>",
+            "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v'/></presence>",
+            "<iq type='result' id='1'/>",
+        ]:
+            element = parseXml(xml)
+            self.assertFalse(fastWritten(element), xml)
+            self.assertEqual(serialize(element), generalSerialize(element))
+        raw = parseXml("<message><body>x</body></message>")
+        raw.addRawXml("<x xmlns='urn:raw'/>")
+        self.assertFalse(fastWritten(raw))
+        self.assertEqual(serialize(raw), generalSerialize(raw))
+
+    def test_notAStringLeftToTheGeneralPath(self) -> None:
+        """A value that is not a string (put there by server code) is written as toFrame has it."""
+        element = parseXml("<message><body>x</body></message>")
+        element["id"] = 5  # type: ignore[assignment]
+        self.assertRaises(TypeError, jsonstanza._messageFrame, element)
+        self.assertEqual(serialize(element), generalSerialize(element))
+        self.assertIn('"id":5', serialize(element))
+        element = parseXml("<presence><show>away</show></presence>")
+        element["to"] = ["a@localhost"]  # type: ignore[assignment]
+        self.assertRaises(TypeError, jsonstanza._presenceFrame, element)
+        self.assertEqual(serialize(element), generalSerialize(element))
+
+    @PROPERTY
+    @given(fastStanzas())
+    def test_fastWriterAsGeneral(self, element: domish.Element) -> None:
+        self.assertEqual(serialize(element), generalSerialize(element))
+
+    @PROPERTY
+    @given(stanzas)
+    def test_serializeAsGeneral(self, element: domish.Element) -> None:
+        self.assertEqual(serialize(element), generalSerialize(element))
+
+    def test_presenceFanOut(self) -> None:
+        """The copies of one broadcast share their children: written once, each with its to."""
+        for xml in [
+            "<presence from='a@localhost/d'><show>away</show><status>Zaraz wracam</status></presence>",
+            ("<presence from='a@localhost/d' xml:lang='pl'><c xmlns='http://jabber.org/protocol/caps'"
+             " hash='sha-1' node='n' ver='v'/><priority>1</priority></presence>"),
+        ]:
+            presence = parseXml(xml)
+            for to in ("b@localhost", "c@localhost/x", None, "b@localhost"):
+                copy = retarget(presence, to)
+                self.assertEqual(serialize(copy), generalSerialize(copy))
+                self.assertIs(jsonstanza._lastPresence[0], presence.children)
+
+    def test_presenceCacheNotFooled(self) -> None:
+        """Another list, the same list changed, another namespace or lang: written anew."""
+        presence = parseXml("<presence from='a@localhost/d'><show>away</show></presence>")
+        self.assertIn('"show":"away"', serialize(presence))
+        same = parseXml("<presence from='a@localhost/d'><show>dnd</show></presence>")
+        self.assertIn('"show":"dnd"', serialize(same))
+        presence.children.append(domish.Element((NS_CLIENT, "status")))
+        self.assertEqual(serialize(presence), generalSerialize(presence))
+        self.assertIn('"status":""', serialize(presence))
+        presence.children[0] = parseXml("<show>xa</show>")
+        self.assertIn('"show":"xa"', serialize(presence))
+        presence[(NS_XML, "lang")] = "pl"
+        self.assertIn('"lang":"pl"', serialize(presence))
+        bare = domish.Element(("", "presence"))  # children in "" are in jabber:client...
+        bare.addElement(("", "show"), content="away")
+        self.assertIn('"show":"away"', serialize(bare))
+        bare.uri = "urn:other"  # ...unless the stanza has a namespace
+        self.assertEqual(serialize(bare), generalSerialize(bare))
+        self.assertNotIn('"show"', serialize(bare))
+
+    @PROPERTY
+    @given(st.one_of(fastStanzas(), presences()), st.lists(st.one_of(st.none(), jids), max_size=3))
+    def test_presenceCopiesAsGeneral(self, element: domish.Element, targets: list[str | None]) -> None:
+        for to in targets:
+            copy = retarget(element, to)
+            self.assertEqual(serialize(copy), generalSerialize(copy))
+        self.assertEqual(serialize(element), generalSerialize(element))
 
 
 # ---------------------------------------------------------------------------------------------

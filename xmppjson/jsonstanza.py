@@ -29,11 +29,12 @@ a chat message with a 96-byte body and an C{<active/>} chat state (287 bytes as 
 JSON):
  - C{toFrame(element)}: 2-3 us, about a quarter to a third of C{element.toXml()} (9-10 us),
    which is what the c2s door pays to write the same stanza;
- - C{serialize(element)} (toFrame plus the compact C{json} encoder): 5.5-6.5 us, still well
-   under C{toXml()};
- - C{parseFrame(frame)}: 11-12 us with the JID cache warm, of which C{json} decoding is ~2 us
-   and building the elements most of the rest.  A cold JID check (Twisted's stringprep) costs
-   ~60 us, hence the bounded memo in L{_jid}.
+ - C{serialize(element)}: 2.5-3 us, written directly by the fast path for plain messages and
+   presences (toFrame plus the compact C{json} encoder, the general path, was 5.5-6.5 us);
+ - C{parseFrame(frame)}: 7 us with the JID cache warm (10 us before the fast path), of
+   which C{json} decoding is ~1.5 us and building the elements most of the rest.  A cold JID
+   check (Twisted's stringprep) costs ~60 us, hence the bounded memo in L{_jid}.
+C{bench/codec.py} has the per-frame figures of the chat traffic's frames, before and after.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import functools
 import json
 import pyexpat
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -194,6 +196,26 @@ def _refuseConstant(name: str) -> Any:
 # Built once: json.loads/json.dumps with keyword arguments build a new decoder/encoder per call.
 _decoder = json.JSONDecoder(parse_constant=_refuseConstant)
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_scanOnce = _decoder.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__
+
+# JSONEncoder.encode builds a new C encoder (and a dict for its circular-reference check) on
+# every call, which is about half of what it costs for a frame; this is the same C encoder with
+# the same settings, built once and without the check (a frame built by toFrame has no cycles).
+# The string encoder is the one JSONEncoder picks for ensure_ascii=False.
+_encodeString = json.encoder.encode_basestring
+_makeEncoder = getattr(json.encoder, "c_make_encoder", None)
+_cEncoder = (
+    None if _makeEncoder is None
+    else _makeEncoder(None, _encoder.default, _encodeString, None, ":", ",", False, False, True)
+)
+
+
+def _encodeOnce(value: Any) -> str:
+    return "".join(_cEncoder(value, 0))  # type: ignore[misc]
+
+
+# The json module's own encoder on an interpreter without the C accelerator.
+_encode: Callable[[Any], str] = _encoder.encode if _cEncoder is None else _encodeOnce
 
 # The original API documents its roster request as  "query": {"jabber:iq:roster"}  which is not
 # JSON.  Clients were written from that page, so exactly that shape (a braced, quoted namespace
@@ -271,7 +293,30 @@ def parseFrame(text: str | bytes, maxSize: int = MAX_FRAME_SIZE) -> domish.Eleme
     else:
         raise TypeError(f"a frame is str or bytes, not {type(text).__name__}")
 
-    frame = _decode(text)
+    # The scanner alone, without JSONDecoder.decode's two whitespace regexes around it: a
+    # frame it reads to its last character is exactly what decode would give; anything else
+    # (leading or trailing space, an error) goes through _decode, which words the errors.
+    try:
+        frame, end = _scanOnce(text, 0)
+    except Exception:  # noqa: BLE001 - StopIteration, ValueError, RecursionError: see _decode
+        frame = _decode(text)
+    else:
+        if end != len(text):
+            frame = _decode(text)
+    if type(frame) is dict and len(frame) == 2:
+        # The frames that are the traffic (see _fastMessage): read without the general
+        # machinery, or, at the first thing out of the ordinary, by it from the start.
+        kind = frame.get("type")
+        payload = frame.get("payload")
+        if type(payload) is dict:
+            if kind == "message":
+                element = _fastMessage(payload)
+                if element is not None:
+                    return element
+            elif kind == "presence":
+                element = _fastPresence(payload)
+                if element is not None:
+                    return element
     if type(frame) is not dict:
         if type(frame) is list and text.count("[") + text.count("{") > MAX_DEPTH:
             _checkDepth(frame)
@@ -325,7 +370,17 @@ def sessionFrame(jid: str, version: int = DIALECT_VERSION) -> str:
 
 def serialize(element: domish.Element) -> str:
     """L{toFrame}, as compact JSON text ready for a WebSocket text frame."""
-    return _encoder.encode(toFrame(element))
+    name = element.name
+    try:
+        if name == "message":
+            text = _messageFrame(element)
+            if text is not None:
+                return text
+        elif name == "presence":
+            return _presenceFrame(element)
+    except TypeError:
+        pass  # a value that is not a string: the general path writes whatever it is
+    return _encode(toFrame(element))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -989,6 +1044,128 @@ _READERS: dict[str, Callable[[dict], domish.Element]] = {
 
 
 # ---------------------------------------------------------------------------------------------
+# Input: the fast path
+# ---------------------------------------------------------------------------------------------
+#
+# Most frames a web client sends are a chat message (to, type, body, id, maybe a chat state), a
+# chat state alone, or a presence (show, status, priority).  For these the general reader's
+# per-key handler calls, its _Reading and the checks of what was read cost more than the
+# reading itself.  The readers below accept only such frames, with only values that the
+# general reader accepts too and reads the same way, and build the same element (same
+# attributes in the same order, same children in the same order).  For anything else, an
+# unknown key, a value of another type, one that the general reader would refuse, a value
+# nested deeper than a flat chat-state object (so no depth check is needed), they return None
+# and parseFrame starts over with the general reader, which alone words refusals.  The
+# hypothesis tests in tests/test_jsonstanza.py compare both readers on random frames.
+
+_FAST_MESSAGE_TYPES = MESSAGE_TYPES - {"error"}  # an error message needs the error key
+_FAST_PRESENCE_TYPES = PRESENCE_TYPES - {"error"}
+_CHAT_STATE_KEYS = frozenset(CHAT_STATES)
+_UNLIMITED = sys.maxsize  # a body is bounded by the frame size only
+
+
+def _fastText(value: Any, limit: int) -> bool:
+    """Whether C{_string(value, path, limit)} would return C{value}."""
+    return (
+        type(value) is str
+        and len(value) <= limit
+        and (value.isprintable() or _NOT_XML.isdisjoint(value))
+    )
+
+
+def _fastCommon(attributes: dict, key: str, value: Any) -> bool:
+    """
+    Read C{to}, C{id} or C{from} as L{_inTo}, L{_inId} and L{_inIgnored} do; C{False} for any
+    other key, and for a value to leave to them.
+    """
+    if key == "to":
+        if type(value) is not str:
+            return False
+        if value:
+            # _jid's memo is for strings of up to 256 characters; longer ones go the general way.
+            if len(value) > 256 or not value.isprintable():
+                return False
+            to = _prepJIDCached(value)
+            if to is None:
+                return False
+            attributes["to"] = to
+    elif key == "id":
+        if not _fastText(value, LIMIT_ID):
+            return False
+        if value:
+            attributes["id"] = value
+    elif key == "from":
+        return type(value) is not dict and type(value) is not list
+    else:
+        return False
+    return True
+
+
+def _flatObject(value: Any) -> bool:
+    """An object whose values are not containers: nesting stays within three levels."""
+    if type(value) is not dict:
+        return False
+    for item in value.values():
+        if type(item) is dict or type(item) is list:
+            return False
+    return True
+
+
+def _fastMessage(payload: dict) -> domish.Element | None:
+    """What the general reader makes of a message payload, or C{None} (see above)."""
+    element = domish.Element((NS_CLIENT, "message"))
+    attributes = element.attributes
+    for key, value in payload.items():
+        if key == "body":
+            if not _fastText(value, _UNLIMITED):
+                return None
+            if value:
+                _add(element, NS_CLIENT, "body", value)
+        elif key == "type":
+            if type(value) is not str or value not in _FAST_MESSAGE_TYPES:
+                return None
+            attributes["type"] = value
+        elif key in _CHAT_STATE_KEYS:
+            if not _flatObject(value):
+                return None
+            _add(element, NS_CHATSTATES, key)
+        elif key == "name":
+            if type(value) is dict or type(value) is list:
+                return None
+        elif not _fastCommon(attributes, key, value):
+            return None
+    return element
+
+
+def _fastPresence(payload: dict) -> domish.Element | None:
+    """What the general reader makes of a presence payload, or C{None} (see above)."""
+    element = domish.Element((NS_CLIENT, "presence"))
+    attributes = element.attributes
+    for key, value in payload.items():
+        if key == "show":
+            if type(value) is str and value in SHOWS:
+                _add(element, NS_CLIENT, "show", value)
+            elif value != "" and value != "av":
+                return None
+        elif key == "status":
+            if not _fastText(value, LIMIT_STATUS):
+                return None
+            _add(element, NS_CLIENT, "status", value)
+        elif key == "priority":
+            if type(value) is not int or not -128 <= value <= 127:
+                return None
+            _add(element, NS_CLIENT, "priority", str(value))
+        elif key == "type":
+            if type(value) is str and value in _FAST_PRESENCE_TYPES:
+                attributes["type"] = value
+            elif value != "" and value != "available":
+                return None
+        elif not _fastCommon(attributes, key, value):
+            return None
+    return element
+
+
+# ---------------------------------------------------------------------------------------------
 # Output: XML strings
 # ---------------------------------------------------------------------------------------------
 
@@ -1143,18 +1320,25 @@ def _outShow(payload: dict, child: domish.Element) -> bool:
 def _outPriority(payload: dict, child: domish.Element) -> bool:
     if "priority" in payload:
         return False
-    text = _simpleText(child)
-    if not text or len(text) > 4:
-        return False
-    try:
-        value = int(text)
-    except ValueError:
-        return False
-    # Only the canonical spelling, so that JSON -> XML gives back exactly the same text.
-    if not -128 <= value <= 127 or str(value) != text:
+    value = _priorityValue(child)
+    if value is None:
         return False
     payload["priority"] = value
     return True
+
+
+def _priorityValue(child: domish.Element) -> int | None:
+    text = _simpleText(child)
+    if not text or len(text) > 4:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    # Only the canonical spelling, so that JSON -> XML gives back exactly the same text.
+    if not -128 <= value <= 127 or str(value) != text:
+        return None
+    return value
 
 
 def _outChatState(payload: dict, child: domish.Element) -> bool:
@@ -1167,18 +1351,27 @@ def _outChatState(payload: dict, child: domish.Element) -> bool:
 
 
 def _outDelay(payload: dict, child: domish.Element) -> bool:
+    if "delay" in payload:
+        return False
+    delay = _delayObject(child)
+    if delay is None:
+        return False
+    payload["delay"] = delay
+    return True
+
+
+def _delayObject(child: domish.Element) -> dict[str, Any] | None:
     attrs = child.attributes
     stamp = attrs.get("stamp")
-    if "delay" in payload or stamp is None or any(k not in ("stamp", "from") for k in attrs):
-        return False
+    if stamp is None or any(k not in ("stamp", "from") for k in attrs):
+        return None
     if any(type(c) is not str for c in child.children):
-        return False
+        return None
     delay: dict[str, Any] = {"stamp": stamp, "from": attrs.get("from")}
     text = "".join(child.children)
     if text:
         delay["text"] = text  # XEP-0203's optional natural-language reason
-    payload["delay"] = delay
-    return True
+    return delay
 
 
 def _outStanzaId(payload: dict, child: domish.Element) -> bool:
@@ -1564,3 +1757,190 @@ def toFrame(element: domish.Element) -> dict[str, Any]:
     if writer is None:
         raise ValueError(f"not a stanza: <{element.name}/>")
     return {"type": element.name, "payload": writer(element)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: the fast path
+# ---------------------------------------------------------------------------------------------
+#
+# What the router delivers to web sessions is mostly a message with a body, a chat state and
+# the server's stanza-id (and a delay when it was stored offline), or a presence with show,
+# status and priority.  For these, serialize writes the JSON text directly, the same text
+# _encode(toFrame(element)) gives (same keys in the same order, compact separators,
+# ensure_ascii=False), without the payload dict, the handler tables and the encoder.  At the
+# first child it does not know, or one whose key the general path would not use (a second
+# body, a chat state with attributes, a presence show outside the four...), it gives up; so
+# does it at a value that is not a string where a string is expected (encodeString raises
+# TypeError).  Tests compare both paths on random stanzas.
+#
+# A presence is written as its head (from, type, to, id: what differs between the copies of
+# one broadcast) and its rest (the keys of its children, lang, xml).  The copies a broadcast
+# delivers to each contact (stanzas.retarget) share one children list, which is never changed
+# once routed, so the rest of the last presence written is kept and reused as long as the
+# next presence has the same list holding the same children (and the same namespace and
+# lang): a broadcast to N web sessions writes its children once, and a presence the fast
+# path cannot write (entity capabilities, say) is written by the general path once.
+
+_STATE_FRAGMENTS = {
+    state: f',"{state}":{{"ID":""}}' if state == "composing" else f',"{state}":{{}}'
+    for state in CHAT_STATES
+}
+
+
+def _fragmentChatState(child: domish.Element) -> str | None:
+    if child.attributes or child.children:
+        return None
+    return _STATE_FRAGMENTS[child.name]
+
+
+def _fragmentStanzaId(child: domish.Element) -> str | None:
+    stanzaId = child.attributes.get("id")
+    if stanzaId is None or child.children:
+        return None
+    return ',"stanza_id":' + _encodeString(stanzaId)
+
+
+def _fragmentDelay(child: domish.Element) -> str | None:
+    delay = _delayObject(child)
+    if delay is None:
+        return None
+    origin = delay["from"]
+    text = delay.get("text")
+    return (
+        ',"delay":{"stamp":' + _encodeString(delay["stamp"])
+        + ',"from":' + ("null" if origin is None else _encodeString(origin))
+        + ("" if text is None else ',"text":' + _encodeString(text))
+        + "}"
+    )
+
+
+def _fragmentShow(child: domish.Element) -> str | None:
+    text = _simpleText(child)
+    return ',"show":' + _encodeString(text) if text in SHOWS else None
+
+
+def _fragmentStatus(child: domish.Element) -> str | None:
+    text = _simpleText(child)
+    return None if text is None else ',"status":' + _encodeString(text)
+
+
+def _fragmentPriority(child: domish.Element) -> str | None:
+    value = _priorityValue(child)
+    return None if value is None else f',"priority":{value}'
+
+
+_Fragment = Callable[[domish.Element], "str | None"]
+
+# By child name: the namespace the child must be in, and what writes its key (None for the
+# body, whose key is always the fifth of a message, wherever its element is).
+_FAST_MESSAGE_OUT: dict[str, tuple[str, _Fragment | None]] = {
+    "body": (NS_CLIENT, None),
+    "stanza-id": (NS_SID, _fragmentStanzaId),
+    "delay": (NS_DELAY, _fragmentDelay),
+    **{state: (NS_CHATSTATES, _fragmentChatState) for state in CHAT_STATES},
+}
+
+_FAST_PRESENCE_OUT: dict[str, tuple[str, _Fragment | None]] = {
+    "show": (NS_CLIENT, _fragmentShow),
+    "status": (NS_CLIENT, _fragmentStatus),
+    "priority": (NS_CLIENT, _fragmentPriority),
+    "stanza-id": (NS_SID, _fragmentStanzaId),
+    "delay": (NS_DELAY, _fragmentDelay),
+}
+
+
+def _fragments(
+    element: domish.Element, table: dict[str, tuple[str, _Fragment | None]], lang: str | None
+) -> tuple[str, list[str]] | None:
+    """
+    The body (as a JSON string, C{""} if none) and the JSON text of the other keys of the
+    children of C{element}, in order, then of C{lang}; or C{None} if a child has no key in
+    C{table} or cannot use it.
+    """
+    stanzaUri = element.uri
+    stanzaDefault = element.defaultUri or NS_CLIENT  # as _children resolves namespaces
+    body = '""'
+    parts = []
+    seen = set()
+    for child in element.children:
+        if isinstance(child, str):
+            if type(child) is not str:  # raw XML (SerializedXML) goes to "xml"
+                return None
+            continue
+        name = child.name
+        entry = table.get(name)
+        if entry is None:
+            return None
+        uri = child.uri
+        if uri is None:
+            uri = child.defaultUri if child.defaultUri is not None else stanzaDefault
+        elif not uri and not stanzaUri:
+            uri = NS_CLIENT
+        # A second child of a kind has no key of its own left: it would go to "xml".
+        if uri != entry[0] or name in seen:
+            return None
+        seen.add(name)
+        write = entry[1]
+        if write is None:
+            text = _simpleText(child)
+            if not text:  # only a non-empty body has the key (see _outBody)
+                return None
+            body = _encodeString(text)
+            continue
+        part = write(child)
+        if part is None:
+            return None
+        parts.append(part)
+    if lang:
+        parts.append(',"lang":' + _encodeString(lang))
+    return body, parts
+
+
+def _messageFrame(element: domish.Element) -> str | None:
+    """The frame of a plain message as JSON text, or C{None} for L{toFrame} (see above)."""
+    attrs = element.attributes
+    found = _fragments(element, _FAST_MESSAGE_OUT, attrs.get(_XML_LANG) or attrs.get("xml:lang"))
+    if found is None:
+        return None
+    body, parts = found
+    encode = _encodeString
+    # One join at the end: concatenating as it goes would copy the body for every key after it.
+    return "".join([
+        '{"type":"message","payload":{"from":', encode(attrs.get("from", "")),
+        ',"id":', encode(attrs.get("id", "")),
+        ',"to":', encode(attrs.get("to", "")),
+        ',"type":', encode(attrs.get("type") or "normal"),
+        ',"body":', body, *parts, "}}",
+    ])
+
+
+_lastPresence: tuple[Any, Any, str] = (None, None, "")
+
+
+def _presenceFrame(element: domish.Element) -> str:
+    """The frame of a presence as JSON text (see above)."""
+    global _lastPresence
+    attrs = element.attributes
+    encode = _encodeString
+    head = '{"type":"presence","payload":{"from":' + encode(attrs.get("from", ""))
+    for name in ("type", "to", "id"):
+        value = attrs.get(name)
+        if value:
+            head += f',"{name}":' + encode(value)
+    children = element.children
+    lang = attrs.get(_XML_LANG) or attrs.get("xml:lang")
+    state = (tuple(children), element.uri, element.defaultUri, lang)
+    last = _lastPresence
+    if last[0] is children and last[1] == state:
+        return head + last[2]
+    found = _fragments(element, _FAST_PRESENCE_OUT, lang)
+    if found is not None:
+        rest = "".join(found[1]) + "}}"
+    else:
+        # The general path's keys for the children: those of a payload holding nothing else
+        # (no child key is from, type, to or id, so none is refused for being taken).
+        payload: dict[str, Any] = {}
+        _children(element, payload, _PRESENCE_OUT)
+        rest = ("," + _encode(payload)[1:-1] if payload else "") + "}}"
+    _lastPresence = (children, state, rest)
+    return head + rest
