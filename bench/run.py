@@ -181,9 +181,11 @@ class Ctx:
 
 
 def xj_conf(ctx: Ctx, server: str) -> dict:
+    shift = ctx.args.port_offset
     if server == "xmppjson-pg":
-        return {"c2s": XJ_PG_C2S, "web": XJ_PG_WEB, "db": os.environ["XMPPJSON_BENCH_PG"]}
-    return {"c2s": XJ_C2S, "web": XJ_WEB, "db": f"sqlite:{os.path.join(ctx.workdir, 'bench.sqlite3')}"}
+        return {"c2s": XJ_PG_C2S + shift, "web": XJ_PG_WEB + shift, "db": os.environ["XMPPJSON_BENCH_PG"]}
+    return {"c2s": XJ_C2S + shift, "web": XJ_WEB + shift,
+            "db": f"sqlite:{os.path.join(ctx.workdir, 'bench.sqlite3')}"}
 
 
 def pg_pids() -> list[int]:
@@ -434,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="results file (JSON lines, appended)")
     ap.add_argument("--table-out", default=None, help="also write the Markdown table to this file")
     ap.add_argument("--workdir", default=None, help="xmppjson data and logs (default: a new /tmp dir)")
+    ap.add_argument("--port-offset", type=int, default=0, metavar="N",
+                    help="add N to xmppjson's ports, so that two campaigns of xmppjson alone can run "
+                         "at once (the peers' ports are fixed by their configs)")
     ap.add_argument("--wipe-peers", action="store_true", help="delete the peers' /tmp data first (re-provision)")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds between server start and load")
     ap.add_argument("--run-timeout", type=float, default=600.0, help="hard limit per run, seconds")
