@@ -97,6 +97,9 @@ def _frameHeader(opcode: int, length: int) -> bytes:
     return bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
 
 
+# The headers of the short text frames, made once.
+_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
+
 # WebSocket close codes for the reasons the server ends a session.
 # (RFC 6455 reserves 1xxx for the protocol; 4000 + an HTTP-like status says why.)
 CLOSE_CODES = {
@@ -140,11 +143,16 @@ class WebSocketSession(Session):
             protocol.im.undeliverable(self, element)
             return
         try:
-            text = jsonstanza.serialize(element)
+            payload = jsonstanza.serialize(element).encode("utf-8")
         except Exception:
             protocol.logger.failure("Cannot translate a {name} for {s}", name=element.name, s=self)
             return
-        protocol.sendText(text)
+        if protocol.send_queue or protocol.logFrames or protocol._perMessageCompress is not None:
+            protocol.sendMessage(payload, False)
+            return
+        # StreamProtocol.sendText, inlined: a presence broadcast calls this once per contact.
+        n = len(payload)
+        protocol.transport.write((_TEXT_HEADERS[n] if n < 126 else _frameHeader(1, n)) + payload)
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         self.protocol.closeWith(condition, text)
