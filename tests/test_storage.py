@@ -27,6 +27,7 @@ from xmppjson.error import StoreUnavailable
 from xmppjson.storage import (
     PROFILE_FIELDS,
     ArchiveEntry,
+    ArchiveMessage,
     ArchiveQuery,
     Credentials,
     IStore,
@@ -72,6 +73,22 @@ async def waitFor(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         await task.deferLater(reactor, 0.005, lambda: None)
 
 
+V3_INSERT = (
+    "INSERT INTO archive (owner, sid, stamp, with_jid, with_resource, outgoing, xml)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def messageOf(entry: ArchiveEntry) -> ArchiveMessage:
+    """The message that puts C{entry} in its owner's archive, and in nobody else's."""
+    me = f"{entry.owner}@localhost"
+    if entry.outgoing:
+        return ArchiveMessage(entry.id, entry.stamp, None, entry.owner, me, "", entry.withJID,
+                              entry.withResource, entry.xml)
+    return ArchiveMessage(entry.id, entry.stamp, entry.owner, None, entry.withJID,
+                          entry.withResource, me, "", entry.xml)
+
+
 if TYPE_CHECKING:
     _MixinBase = unittest.TestCase
 else:
@@ -101,6 +118,9 @@ class StoreTestsMixin(_MixinBase):
 
     def repair(self) -> None:
         raise NotImplementedError()
+
+    def emptyDatabase(self) -> None:
+        """Make the next L{makeStore} start from an empty database."""
 
     def setUp(self) -> Any:
         self.store = self.makeStore()
@@ -468,17 +488,17 @@ class StoreTestsMixin(_MixinBase):
             raise unittest.SkipTest("the database does not outlive its store")
         await self.store.createUser("alice", CREDS)
         await self.store._batch([
-            ("DROP TABLE archive", ()),
-            ("DELETE FROM schema_version WHERE version = %s", (3,)),
+            ("DROP TABLE blocklist", ()),
+            ("DELETE FROM schema_version WHERE version = %s", (2,)),
         ])
         await self.store.close()
         again = self.makeStore()
         self.addCleanup(again.close)
         await again.start()
-        self.assertEqual(again.migrationsApplied, [3])
+        self.assertEqual(again.migrationsApplied, [2])
         self.assertEqual(await again.getSchemaVersion(), schema.CURRENT_VERSION)
-        self.assertEqual(await again.archiveMessages([
-            ArchiveEntry("alice", "x", T0, "bob@localhost", "", True, "<message/>")]), 1)
+        self.assertEqual(await again.addToBlocklist("alice", ["bob@localhost"]),
+                         ["bob@localhost"])
 
     async def test_schemaTooNew(self) -> None:
         if not self.reopenable:
@@ -564,7 +584,7 @@ class StoreTestsMixin(_MixinBase):
             )
             for i in range(n)
         ]
-        self.assertEqual(await self.store.archiveMessages(entries), n)
+        self.assertEqual(await self.store.archiveMessages([messageOf(e) for e in entries]), n)
         return entries
 
     async def test_archiveRoundTrip(self) -> None:
@@ -590,7 +610,7 @@ class StoreTestsMixin(_MixinBase):
             for i in range(260)
             for owner in ("alice", "bob")
         ]
-        self.assertEqual(await self.store.archiveMessages(entries), 520)
+        self.assertEqual(await self.store.archiveMessages([messageOf(e) for e in entries]), 520)
         page = await self.store.queryArchive("alice", ArchiveQuery(max=300))
         self.assertEqual([e.id for e in page.entries],
                          [e.id for e in entries if e.owner == "alice"])
@@ -601,9 +621,10 @@ class StoreTestsMixin(_MixinBase):
         again = ArchiveEntry("alice", "same", T0, "bob@localhost", "", True, "<message id='2'/>")
         ghost = ArchiveEntry("ghost", "g", T0, "bob@localhost", "", False, "<message/>")
         other = ArchiveEntry("alice", "other", T0, "ghost@localhost", "", False, "<message/>")
-        self.assertEqual(await self.store.archiveMessages([first]), 1)
+        self.assertEqual(await self.store.archiveMessages([messageOf(first)]), 1)
         # one transaction: the unknown owner's copy is dropped, the others are kept
-        self.assertEqual(await self.store.archiveMessages([again, ghost, other]), 1)
+        self.assertEqual(
+            await self.store.archiveMessages([messageOf(e) for e in (again, ghost, other)]), 1)
         self.assertEqual(await self.store.archiveMessages([]), 0)
         page = await self.store.queryArchive("alice", ArchiveQuery())
         self.assertEqual(page.entries, [first, other])
@@ -703,8 +724,14 @@ class StoreTestsMixin(_MixinBase):
     async def test_purgeArchive(self) -> None:
         await self.store.createUser("alice", CREDS)
         await self.store.createUser("bob", CREDS)
-        ids = [e.id for e in await self.archiveSome()]
-        await self.archiveSome("bob", 3)
+        alices = [ArchiveEntry("alice", f"a{i}", T0 + datetime.timedelta(seconds=i),
+                               "bob@localhost", "", False, "<message/>") for i in range(7)]
+        bobs = [ArchiveEntry("bob", f"b{i}", T0 + datetime.timedelta(seconds=i),
+                             "alice@localhost", "", True, "<message/>") for i in range(3)]
+        # as the server routes them: in time order
+        inOrder = sorted(alices + bobs, key=lambda e: e.stamp)
+        self.assertEqual(await self.store.archiveMessages([messageOf(e) for e in inOrder]), 10)
+        ids = [e.id for e in alices]
         cut = T0 + datetime.timedelta(seconds=2)
         # strictly before the cut, in every archive, at most "limit" at a time
         self.assertEqual(await self.store.purgeArchive(cut, limit=3), 3)
@@ -721,6 +748,169 @@ class StoreTestsMixin(_MixinBase):
         await self.store.createUser("alice", CREDS)
         page = await self.store.queryArchive("alice", ArchiveQuery())
         self.assertEqual((page.entries, page.count), ([], 0))
+
+    async def test_archiveOneMessageForBothParties(self) -> None:
+        """A message between two users is written once and is in both archives."""
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        xml = "<message id='m'><body>hej</body></message>"
+        message = ArchiveMessage("both", T0, "bob", "alice", "alice@localhost", "laptop",
+                                 "bob@localhost", "phone", xml)
+        self.assertEqual(await self.store.archiveMessages([message]), 1)
+        self.assertEqual(await self.store.archiveMessages([message]), 0)  # already there
+        alices = await self.store.queryArchive("alice", ArchiveQuery())
+        bobs = await self.store.queryArchive("bob", ArchiveQuery())
+        self.assertEqual(alices.entries, [
+            ArchiveEntry("alice", "both", T0, "bob@localhost", "phone", True, xml)])
+        self.assertEqual(bobs.entries, [
+            ArchiveEntry("bob", "both", T0, "alice@localhost", "laptop", False, xml)])
+        self.assertEqual(await self.store.archiveBounds("bob"), (bobs.entries[0],) * 2)
+        # either party may page from the id
+        page = await self.store.queryArchive("alice", ArchiveQuery(after="both"))
+        self.assertEqual((page.entries, page.count), ([], 1))
+
+    async def test_archiveInterleavedParties(self) -> None:
+        """Each archive is in order, whichever side of its messages its owner was on."""
+        for user in ("alice", "bob", "carol"):
+            await self.store.createUser(user, CREDS)
+        pairs = [("alice", "bob"), ("bob", "alice"), ("carol", "alice"), ("alice", "carol"),
+                 ("bob", "carol"), ("alice", "alice")]
+        messages = [
+            ArchiveMessage(f"m{n}", T0 + datetime.timedelta(seconds=n // 2), to, frm,
+                           f"{frm}@localhost", "", f"{to}@localhost", "", f"<message id='{n}'/>")
+            for n, (frm, to) in enumerate(pairs)
+        ]
+        self.assertEqual(await self.store.archiveMessages(messages), 6)
+        page = await self.store.queryArchive("alice", ArchiveQuery())
+        self.assertEqual([(e.id, e.withJID, e.outgoing) for e in page.entries], [
+            ("m0", "bob@localhost", True), ("m1", "bob@localhost", False),
+            ("m2", "carol@localhost", False), ("m3", "carol@localhost", True),
+            ("m5", "alice@localhost", False),  # to oneself: once, as received
+        ])
+        page = await self.store.queryArchive("alice", ArchiveQuery(max=2, before=""))
+        self.assertEqual(([e.id for e in page.entries], page.count, page.complete),
+                         (["m3", "m5"], 5, False))
+        page = await self.store.queryArchive("alice", ArchiveQuery(max=2, after="m1"))
+        self.assertEqual(([e.id for e in page.entries], page.index, page.complete),
+                         (["m2", "m3"], 2, False))
+        page = await self.store.queryArchive(
+            "alice", ArchiveQuery(withJID="carol@localhost", max=1))
+        self.assertEqual(([e.id for e in page.entries], page.count), (["m2"], 2))
+        page = await self.store.queryArchive("bob", ArchiveQuery(max=0))
+        self.assertEqual(page.count, 3)
+        # an id of another archive is not this one's
+        await self.assertFailure(
+            self.store.queryArchive("carol", ArchiveQuery(after="m0")), UnknownArchiveId)
+
+    async def test_archivePartyDeleted(self) -> None:
+        """
+        A message whose party was deleted before it was written stays in the other party's
+        archive; deleting a user keeps the other party's archive whole.
+        """
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        sent = ArchiveMessage("to-ghost", T0, "ghost", "alice", "alice@localhost", "",
+                              "ghost@localhost", "", "<message/>")
+        onlyGhost = ArchiveMessage("ghostly", T0, "ghost", None, "bob@localhost", "",
+                                   "ghost@localhost", "", "<message/>")
+        shared = ArchiveMessage("shared", T0, "bob", "alice", "alice@localhost", "",
+                                "bob@localhost", "", "<message/>")
+        self.assertEqual(await self.store.archiveMessages([sent, onlyGhost, shared]), 2)
+        self.assertEqual([e.id for e in (await self.store.queryArchive(
+            "alice", ArchiveQuery())).entries], ["to-ghost", "shared"])
+        await self.store.deleteUser("alice")
+        self.assertEqual([e.id for e in (await self.store.queryArchive(
+            "bob", ArchiveQuery())).entries], ["shared"])
+        await self.store.createUser("alice", CREDS)
+        self.assertEqual((await self.store.queryArchive("alice", ArchiveQuery())).count, 0)
+        await self.store.deleteUser("bob")
+        # nobody keeps anything: no row is left behind
+        rows = await self.store._fetch("SELECT COUNT(*) FROM archive_messages")
+        self.assertEqual(rows, [(0,)])
+
+    async def test_archiveIdsFollowTime(self) -> None:
+        """
+        Ids are given in order and never below the message's time, also by a second store on
+        the same database (a cluster node) whose idea of the last id is stale.
+        """
+        if not self.reopenable:
+            raise unittest.SkipTest("one store per database")
+        await self.store.createUser("alice", CREDS)
+        other = self.makeStore()
+        self.addCleanup(other.close)
+        await other.start()
+
+        def message(sid: str, when: datetime.datetime) -> ArchiveMessage:
+            return ArchiveMessage(sid, when, "alice", None, "bob@localhost", "",
+                                  "alice@localhost", "", "<message/>")
+
+        early = T0 - datetime.timedelta(seconds=10)
+        self.assertEqual(await other.archiveMessages([message("b0", early)]), 1)
+        self.assertEqual(await self.store.archiveMessages([message("a1", T0)]), 1)
+        # "other" would give T0's id again: it takes the next free one instead
+        self.assertEqual(await other.archiveMessages([message("b1", T0)]), 1)
+        rows = await self.store._fetch("SELECT sid, id, stamp FROM archive_messages ORDER BY id")
+        t0 = (T0 - datetime.datetime(1970, 1, 1, tzinfo=UTC)) // datetime.timedelta(
+            microseconds=1)
+        self.assertEqual([(sid, int(i), int(s)) for sid, i, s in rows], [
+            ("b0", t0 - 10_000_000, t0 - 10_000_000), ("a1", t0, t0), ("b1", t0 + 1, t0)])
+        page = await self.store.queryArchive("alice", ArchiveQuery())
+        self.assertEqual([e.stamp for e in page.entries], [early, T0, T0])
+
+    async def test_archiveFromVersion3(self) -> None:
+        """Version 5 takes version 3's two rows per message into one, keeping every archive."""
+        saved = schema.MIGRATIONS, schema.CURRENT_VERSION
+        await self.store.close()
+        self.emptyDatabase()
+        self.store = self.makeStore()
+        self.addCleanup(self.store.close)
+        schema.MIGRATIONS = [m for m in saved[0] if m[0] < 5]
+        schema.CURRENT_VERSION = 4
+        try:
+            await self.store.start()
+        finally:
+            schema.MIGRATIONS, schema.CURRENT_VERSION = saved
+        store = self.store
+        for user in ("alice", "bob"):
+            await store.createUser(user, CREDS)
+        v3 = [
+            # received by bob from alice, and alice's sent copy
+            ("bob", "m1", T0, "alice@localhost", "pc", False, "<message id='1'/>"),
+            ("alice", "m1", T0, "bob@localhost", "", True, "<message id='1'/>"),
+            # alice's own note to herself
+            ("alice", "m2", T0 + datetime.timedelta(microseconds=1), "alice@localhost", "pc",
+             False, "<message id='2'/>"),
+            # sent by bob to a user deleted since: only the sent copy
+            ("bob", "m3", T0 + datetime.timedelta(seconds=1), "gone@localhost", "x", True,
+             "<message id='3'/>"),
+            # from the server to alice: only the received copy
+            ("alice", "m4", T0 + datetime.timedelta(seconds=2), "localhost", "", False,
+             "<message id='4'/>"),
+        ]
+        await store._batch([
+            (V3_INSERT, (o, i, store._ts(t), w, r, out, x))
+            for o, i, t, w, r, out, x in v3
+        ])
+        await store._upgrade()
+        self.assertEqual(store.migrationsApplied, [5])
+        self.assertEqual(await store.getSchemaVersion(), schema.CURRENT_VERSION)
+        expected = {
+            "alice": [ArchiveEntry("alice", i, t, w, r, out, x)
+                      for o, i, t, w, r, out, x in v3 if o == "alice"],
+            "bob": [ArchiveEntry("bob", i, t, w, r, out, x)
+                    for o, i, t, w, r, out, x in v3 if o == "bob"],
+        }
+        for owner, entries in expected.items():
+            page = await store.queryArchive(owner, ArchiveQuery())
+            self.assertEqual(page.entries, entries)
+        # and new messages go after them
+        await store.archiveMessages([ArchiveMessage(
+            "m5", T0, "bob", "alice", "alice@localhost", "", "bob@localhost", "", "<message/>")])
+        page = await store.queryArchive("alice", ArchiveQuery(max=1, before=""))
+        self.assertEqual([e.id for e in page.entries], ["m5"])
+        self.assertEqual(await store.purgeArchive(T0 + datetime.timedelta(seconds=1)), 3)
+        page = await store.queryArchive("alice", ArchiveQuery())
+        self.assertEqual([e.id for e in page.entries], ["m4"])
 
     # ---- blocklist (XEP-0191) ------------------------------------------------------------
 
@@ -793,6 +983,10 @@ class SQLiteFileTests(StoreTestsMixin, unittest.TestCase):
         return SQLiteStore(
             os.path.join(self.directory, "xmppjson.sqlite3"), reactor, **kwargs
         )
+
+    def emptyDatabase(self) -> None:
+        self.directory = self.mktemp()
+        os.mkdir(self.directory)
 
     def makeUnreachableStore(self, **kwargs: Any) -> SQLStore:
         self.missing = os.path.join(self.directory, "not-yet")
@@ -927,6 +1121,9 @@ class PostgreSQLTests(StoreTestsMixin, unittest.TestCase):
         from xmppjson.storage.pgsql import PostgreSQLStore
 
         return PostgreSQLStore(self.dsn, reactor, **kwargs)
+
+    def emptyDatabase(self) -> None:
+        pgtest.resetDatabase(self.dsn)
 
     def makeUnreachableStore(self, **kwargs: Any) -> SQLStore:
         """A store that reaches the database through a relay that is not listening yet."""

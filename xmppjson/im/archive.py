@@ -29,6 +29,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from xmppjson.c2s.stream import serialize
 from xmppjson.error import BadRequest, StoreUnavailable, XMPPJSONError
 from xmppjson.im.stanzas import (
     NS_CLIENT,
@@ -41,7 +42,7 @@ from xmppjson.im.stanzas import (
     stamp,
     tryJID,
 )
-from xmppjson.storage import ArchiveEntry, ArchivePage, ArchiveQuery
+from xmppjson.storage import ArchiveEntry, ArchiveMessage, ArchivePage, ArchiveQuery
 
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
@@ -283,17 +284,20 @@ class Archive:
     @ivar interval: write at the latest this many seconds after a message was queued.
     @ivar maxQueue: the most messages waiting to be written; more are not archived (logged).
     @ivar purgeInterval: seconds between two purges of messages older than C{days}.
-    @ivar written: rows written so far (two per message between two local users).
+    @ivar written: messages written so far (each once, whether one or both parties keep it).
     @ivar dropped: messages that could not be archived (queue full, or a failed write).
     """
 
     log = Logger()
 
-    batchSize = 200
+    # Under load the writer waits for 1000 messages: each transaction rewrites the pages it
+    # touches in every index (one per active user in the owner indexes), so fewer, larger
+    # transactions cost less per message (docs/performance.md, "archive write cost").
+    batchSize = 1000
     interval = 0.1
     maxQueue = 20000
     #: The most messages one transaction writes.
-    maxBatch = 1000
+    maxBatch = 2000
     #: Seconds to wait before writing again after the database was unavailable.
     retryDelay = 1.0
     purgeInterval = 3600.0
@@ -385,11 +389,13 @@ class Archive:
             self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
                 "Message archive: {why}; messages are not being archived", why=why)
 
-    def _archived(self, message: domish.Element, bare: str) -> tuple[str, domish.Element] | None:
+    def _archived(self, message: domish.Element, bare: str) -> tuple[str, str] | None:
         """
         Whether a queued message is archived, and how: its archive id (the stanza-id by
-        C{bare}) and the copy to store; C{None} when it is not archived (no body or subject in
-        C{jabber:client}, a XEP-0334 no-store hint, no stanza-id).
+        C{bare}) and the XML of the copy to store; C{None} when it is not archived (no body or
+        subject in C{jabber:client}, a XEP-0334 no-store hint, no stanza-id).  The XML is
+        the c2s door's serialisation (L{serialize}: C{jabber:client} implied, as
+        L{parseStanza} reads it back), about twice as fast as domish's C{toXml}.
 
         The copy is the message as routed, without what only this server adds: its stanza-ids
         (the archive id is stored apart) and its offline delay stamp (the archive has its own
@@ -424,34 +430,39 @@ class Archive:
         copy = domish.Element((message.uri, "message"), message.uri)
         copy.attributes = message.attributes
         copy.children = kept
-        return sid, copy
+        return sid, serialize(copy)
 
-    def _entries(self, batch: list[tuple[Any, ...]]) -> list[ArchiveEntry]:
-        """The archive rows of queued messages: serialised once, one row per local party."""
-        entries: list[ArchiveEntry] = []
+    def _messages(self, batch: list[tuple[Any, ...]]) -> list[ArchiveMessage]:
+        """
+        What the store writes for queued messages: each serialised once, and archived for
+        the recipient and, when the sender is another local user, for the sender.
+        """
+        messages: list[ArchiveMessage] = []
+        fromtimestamp = datetime.datetime.fromtimestamp
         utc = datetime.UTC
         domain = self.domain
         for routedAt, bare, message in batch:
             archived = self._archived(message, bare)
             if archived is None:
                 continue
-            sid, copy = archived
-            xml = copy.toXml()
-            when = datetime.datetime.fromtimestamp(routedAt, utc)
+            sid, xml = archived
+            when = fromtimestamp(routedAt, utc)
             owner = bare.partition("@")[0]
-            sender = tryJID(message.attributes.get("from"))
+            attributes = message.attributes
+            sender = tryJID(attributes.get("from"))
+            recipient = tryJID(attributes.get("to"))
+            resource = (recipient.resource if recipient is not None else None) or ""
             if sender is None:
                 # Not from a JID (the core always sets one): the recipient's copy only.
-                entries.append(ArchiveEntry(owner, sid, when, domain, "", False, xml))
+                messages.append(ArchiveMessage(sid, when, owner, None, domain, "", bare,
+                                               resource, xml))
                 continue
             senderBare = sender.userhost()
-            entries.append(ArchiveEntry(owner, sid, when, senderBare, sender.resource or "",
-                                        False, xml))
-            if sender.user and sender.host == domain and senderBare != bare:
-                recipient = tryJID(message.attributes.get("to"))
-                resource = (recipient.resource if recipient is not None else None) or ""
-                entries.append(ArchiveEntry(sender.user, sid, when, bare, resource, True, xml))
-        return entries
+            archivedFor = (sender.user if sender.user and sender.host == domain
+                           and senderBare != bare else None)
+            messages.append(ArchiveMessage(sid, when, owner, archivedFor, senderBare,
+                                           sender.resource or "", bare, resource, xml))
+        return messages
 
     async def _drain(self, everything: bool) -> None:
         """
@@ -467,7 +478,7 @@ class Archive:
                 batch = self._queue[: self.maxBatch]
                 del self._queue[: self.maxBatch]
                 try:
-                    written = await self.store.archiveMessages(self._entries(batch))
+                    written = await self.store.archiveMessages(self._messages(batch))
                 except StoreUnavailable:
                     # Keep them for a later attempt, oldest first, within the bound.
                     self._queue[:0] = batch

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from zope.interface import Attribute, Interface
 
@@ -230,11 +230,12 @@ class IStore(Interface):
 
     # ---- message archive (XEP-0313); see ArchiveEntry and ArchiveQuery below ----
 
-    def archiveMessages(entries: list[ArchiveEntry]) -> Any:
+    def archiveMessages(messages: list[ArchiveMessage]) -> Any:
         """
-        Append copies of messages to their owners' archives, in the given order, atomically.
-        An entry whose id is already in its owner's archive, or whose owner no longer exists,
-        is skipped; fires with how many were written.
+        Append messages to the archives of their parties, in the given order, atomically.
+        A message whose id is already archived is skipped, and so is a party that no longer
+        exists (a message left with neither is skipped); fires with how many messages were
+        written.
         """
 
     def queryArchive(owner: str, query: ArchiveQuery) -> Any:
@@ -305,6 +306,35 @@ class ArchiveEntry:
     withJID: str
     withResource: str
     outgoing: bool
+    xml: str
+
+
+class ArchiveMessage(NamedTuple):
+    """
+    One message to archive, for one or both of its parties: written once, shown in each
+    party's archive as an L{ArchiveEntry} (a tuple because the archive makes one for every
+    chat message).
+
+    @ivar id: the server's stanza-id (XEP-0359), unique in the archive.
+    @ivar stamp: when the server routed the message (UTC, aware).
+    @ivar recipient: the localpart whose archive holds the message as received, or C{None}.
+    @ivar sender: the localpart whose archive holds the message as sent, or C{None} (a
+        message to oneself is archived once, as received).
+    @ivar senderJID: the sender's bare JID (the domain for server messages).
+    @ivar senderResource: the sender's resource, C{""} if none.
+    @ivar recipientJID: the recipient's bare JID.
+    @ivar recipientResource: the resource the message was addressed to, C{""} if none.
+    @ivar xml: the serialised C{<message/>}, as routed.
+    """
+
+    id: str
+    stamp: datetime.datetime
+    recipient: str | None
+    sender: str | None
+    senderJID: str
+    senderResource: str
+    recipientJID: str
+    recipientResource: str
     xml: str
 
 

@@ -41,6 +41,7 @@ from xmppjson.storage.sql import (
     INTEGRITY,
     UNAVAILABLE,
     UTC,
+    ManyRows,
     Params,
     Rows,
     SQLStore,
@@ -164,6 +165,21 @@ def _batchInteraction(cursor: Any, statements: list[Statement]) -> Deferred[list
     return Deferred.fromCoroutine(run())
 
 
+def _countedInteraction(cursor: Any, statements: list[Statement]) -> Deferred[list[int]]:
+    async def run() -> list[int]:
+        counts: list[int] = []
+        for sql, params in statements:
+            rows = params if type(params) is ManyRows else [params]
+            count = 0
+            for row in rows:
+                await cursor.execute(sql, tuple(row))
+                count += cursor.rowcount
+            counts.append(count)
+        return counts
+
+    return Deferred.fromCoroutine(run())
+
+
 @implementer(IStore)
 class PostgreSQLStore(SQLStore):
     """
@@ -248,6 +264,11 @@ class PostgreSQLStore(SQLStore):
         if self._pool is None:
             raise StoreUnavailable()
         return self._pool.runInteraction(_batchInteraction, statements)
+
+    def _runCounted(self, statements: list[Statement]) -> Deferred[list[int]]:
+        if self._pool is None:
+            raise StoreUnavailable()
+        return self._pool.runInteraction(_countedInteraction, statements)
 
     def _classify(self, failure: Failure) -> str | None:
         if failure.check(psycopg2.IntegrityError):

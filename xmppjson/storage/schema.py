@@ -42,6 +42,15 @@ DIALECTS: dict[str, dict[str, str]] = {
         "bool": "INTEGER",
         "false": "0",
         "true": "1",
+        # A 64-bit primary key given by the application; on SQLite it must be spelt INTEGER
+        # to be the table's rowid (the table itself then is the B-tree in id order).
+        "bigid": "INTEGER PRIMARY KEY",
+        # Version 3's archive stamp (text, see "timestamp") as microseconds since the epoch.
+        # julianday() because strftime's seconds format would collide with the placeholders.
+        "v3_stamp_micros": (
+            "CAST(ROUND((julianday(substr(stamp, 1, 19)) - 2440587.5) * 86400) AS INTEGER)"
+            " * 1000000 + CAST(substr(stamp, 21, 6) AS INTEGER)"
+        ),
     },
     "postgresql": {
         "serial": "BIGSERIAL PRIMARY KEY",
@@ -50,6 +59,8 @@ DIALECTS: dict[str, dict[str, str]] = {
         "bool": "BOOLEAN",
         "false": "FALSE",
         "true": "TRUE",
+        "bigid": "BIGINT PRIMARY KEY",
+        "v3_stamp_micros": "ROUND(EXTRACT(EPOCH FROM stamp) * 1000000)::BIGINT",
     },
 }
 
@@ -213,6 +224,69 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
 ]
+
+MIGRATIONS.append(
+    (
+        5,
+        [
+            # The message archive, cheaper to write (docs/history.md, "Storage"): ONE row per
+            # message, whoever's archives hold it, instead of one row per copy.  "owner_in" is
+            # the user whose archive holds it as received, "owner_out" the one who holds it as
+            # sent (NULL: not archived for that party; never the same user twice).  "id" is
+            # given by the server: increasing, and never below "stamp" (so ids follow routing
+            # time and the purge goes by id); on SQLite it is the rowid, so the table is
+            # appended to.  "stamp" is the routing time in microseconds since the epoch (UTC).
+            # A party's bare JID and resource are "" where the message came from version 3
+            # without that party's copy.
+            (
+                "CREATE TABLE archive_messages ("
+                " id {bigid},"
+                " sid TEXT NOT NULL,"
+                " stamp BIGINT NOT NULL,"
+                " owner_in TEXT REFERENCES users (localpart) ON DELETE SET NULL,"
+                " owner_out TEXT REFERENCES users (localpart) ON DELETE SET NULL,"
+                " sender_jid TEXT NOT NULL,"
+                " sender_resource TEXT NOT NULL,"
+                " recipient_jid TEXT NOT NULL,"
+                " recipient_resource TEXT NOT NULL,"
+                " xml TEXT NOT NULL)"
+            ),
+            # The stanza-id: one message is archived once, and ids named by queries are found.
+            "CREATE UNIQUE INDEX archive_messages_sid ON archive_messages (sid)",
+            # One party's archive in id order (also what the foreign keys' SET NULL uses).  No
+            # index for "with" and none for the time: every index costs each message written,
+            # and a query already counts through the owner's part of these (see history.md).
+            "CREATE INDEX archive_messages_in ON archive_messages (owner_in, id)",
+            "CREATE INDEX archive_messages_out ON archive_messages (owner_out, id)",
+            # Version 3's rows: the received copy joined with the sent copy of the same id (the
+            # v3 serial of the received copy keeps each archive's order), then sent copies
+            # whose received copy was not archived.
+            "CREATE INDEX archive_v5_sid ON archive (sid, outgoing)",
+            (
+                "INSERT INTO archive_messages (id, sid, stamp, owner_in, owner_out, sender_jid,"
+                " sender_resource, recipient_jid, recipient_resource, xml)"
+                " SELECT r.id, r.sid, r.stamp_micros, r.owner, s.owner, r.with_jid,"
+                " r.with_resource, COALESCE(s.with_jid, ''), COALESCE(s.with_resource, ''), r.xml"
+                " FROM (SELECT *, {v3_stamp_micros} AS stamp_micros FROM archive) AS r"
+                " LEFT JOIN archive s"
+                " ON s.sid = r.sid AND s.outgoing = {true} AND s.owner <> r.owner"
+                " WHERE r.outgoing = {false}"
+                " ON CONFLICT (sid) DO NOTHING"
+            ),
+            (
+                "INSERT INTO archive_messages (id, sid, stamp, owner_in, owner_out, sender_jid,"
+                " sender_resource, recipient_jid, recipient_resource, xml)"
+                " SELECT s.id, s.sid, s.stamp_micros, NULL, s.owner, '', '', s.with_jid,"
+                " s.with_resource, s.xml"
+                " FROM (SELECT *, {v3_stamp_micros} AS stamp_micros FROM archive) AS s"
+                " WHERE s.outgoing = {true} AND NOT EXISTS (SELECT 1 FROM archive r"
+                " WHERE r.sid = s.sid AND r.outgoing = {false} AND r.owner <> s.owner)"
+                " ON CONFLICT (sid) DO NOTHING"
+            ),
+            "DROP TABLE archive",
+        ],
+    )
+)
 
 # The highest version, whatever order the list was appended in.
 CURRENT_VERSION: int = max(number for number, _ in MIGRATIONS)

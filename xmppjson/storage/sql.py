@@ -9,6 +9,8 @@ provides only the primitives that differ between drivers:
  - C{_runExecute(sql, params)}: run one statement whose result is not needed;
  - C{_runBatch(statements)}: run several statements atomically, in one transaction, and fire
    with the rows of each (C{[]} for a statement without a result set);
+ - C{_runCounted(statements)}: the same for writes, firing with the number of rows each
+   changed (a statement whose parameters are L{ManyRows} runs once per row);
  - C{_classify(failure)}: say whether a driver failure means "unavailable", "integrity" or is a
    bug;
  - C{_timestampToDB} / C{_timestampFromDB}: the storage form of a UTC instant.
@@ -43,6 +45,7 @@ from xmppjson.error import Conflict, StoreUnavailable
 from xmppjson.storage import (
     PROFILE_FIELDS,
     ArchiveEntry,
+    ArchiveMessage,
     ArchivePage,
     ArchiveQuery,
     Credentials,
@@ -56,6 +59,8 @@ from xmppjson.storage import (
 )
 
 UTC = datetime.UTC
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = datetime.timedelta(microseconds=1)
 
 Params = Sequence[Any]
 Statement = tuple[str, Params]
@@ -77,6 +82,18 @@ _DELETE_CHUNK = 500
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+
+
+class ManyRows(list):  # type: ignore[type-arg]
+    """
+    The parameters of a statement of a L{SQLStore._counted} batch that runs once per row, in
+    order (C{executemany}), rather than once.
+    """
+
+
+def micros(when: datetime.datetime) -> int:
+    """An instant as whole microseconds since the epoch (naive datetimes are UTC)."""
+    return (utc(when) - EPOCH) // MICROSECOND
 
 
 class IntegrityViolation(Exception):
@@ -172,6 +189,13 @@ class SQLStore:
         raise NotImplementedError()
 
     def _runBatch(self, statements: list[Statement]) -> Deferred[list[Rows]]:
+        raise NotImplementedError()
+
+    def _runCounted(self, statements: list[Statement]) -> Deferred[list[int]]:
+        """
+        Run write statements atomically, in one transaction; fire with the number of rows
+        each changed.  A statement whose parameters are L{ManyRows} runs once per row.
+        """
         raise NotImplementedError()
 
     def _classify(self, failure: Failure) -> str | None:
@@ -414,6 +438,9 @@ class SQLStore:
     def _batch(self, statements: list[Statement]) -> Deferred[list[Rows]]:
         return self._guarded(self._runBatch, statements)
 
+    def _counted(self, statements: list[Statement]) -> Deferred[list[int]]:
+        return self._guarded(self._runCounted, statements)
+
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._reactor.seconds(), UTC)
 
@@ -514,13 +541,20 @@ class SQLStore:
     @_deferred
     async def deleteUser(self, localpart: str) -> bool:
         """
-        Delete the user and, by cascade, their keys, tokens, roster and offline messages.
+        Delete the user and, by cascade, their keys, tokens, roster, offline messages and archive
+        (messages archived for the other party too stay in that party's archive).
         Fires with whether the user existed.
         """
-        rows = await self._fetch(
-            "DELETE FROM users WHERE localpart = %s RETURNING localpart", (localpart,)
-        )
-        return bool(rows)
+        results = await self._batch([
+            # The user's archived messages that nobody else's archive holds; in the others'
+            # the foreign keys forget the user (SET NULL).
+            ("DELETE FROM archive_messages WHERE owner_in = %s AND owner_out IS NULL",
+             (localpart,)),
+            ("DELETE FROM archive_messages WHERE owner_out = %s AND owner_in IS NULL",
+             (localpart,)),
+            ("DELETE FROM users WHERE localpart = %s RETURNING localpart", (localpart,)),
+        ])
+        return bool(results[-1])
 
     # profile and last presence
 
@@ -748,100 +782,141 @@ class SQLStore:
 
     # ---------------------------------------------------------------- message archive
 
-    # Rows per INSERT statement: 7 parameters each stays far below SQLite's 32766 limit, and
-    # one statement per hundred rows keeps a batch to a few round trips on PostgreSQL.
-    _ARCHIVE_ROWS_PER_STATEMENT = 100
-    _ARCHIVE_COLUMNS = "id, sid, stamp, with_jid, with_resource, outgoing, xml"
+    # One row per message (schema version 5, docs/history.md): each party's archive is the
+    # rows naming it in one of two columns, read through its own index.  A "side" is what a
+    # query of one archive reads from the rows that name its owner in one column: the owner
+    # column, the other party's bare JID and resource, and whether that is the sent copy.
+    _ARCHIVE_SIDES = (
+        ("owner_in", "sender_jid", "sender_resource", 0),
+        ("owner_out", "recipient_jid", "recipient_resource", 1),
+    )
+    _ARCHIVE_INSERT = (
+        "INSERT INTO archive_messages (id, sid, stamp, owner_in, owner_out, sender_jid,"
+        " sender_resource, recipient_jid, recipient_resource, xml)"
+    )
+    # The highest archive id this store has given or seen (None: not read from the database
+    # yet).  Ids are given here, not by the database: no RETURNING, and ids follow the time.
+    _archiveLastId: int | None = None
 
-    def _archiveInserts(self, entries: Sequence[ArchiveEntry]) -> list[Statement]:
+    def _insertMany(self, head: str, width: int, rows: list[tuple[Any, ...]],
+                    tail: str) -> list[Statement]:
+        """
+        The statements that insert C{rows} (C{width} values each) in their order: C{head}
+        (C{INSERT INTO t (columns)}), the rows, C{tail} (C{ON CONFLICT ...}).  Multi-row
+        C{VALUES} lists of 100 rows here (one round trip each on PostgreSQL); a backend for
+        which a prepared statement run once per row is cheaper says so (L{ManyRows}).
+        """
         statements: list[Statement] = []
-        step = self._ARCHIVE_ROWS_PER_STATEMENT
-        for start in range(0, len(entries), step):
-            chunk = entries[start : start + step]
-            marks = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+        one = "(" + ", ".join(["%s"] * width) + ")"
+        for start in range(0, len(rows), 100):
+            chunk = rows[start : start + 100]
             params: list[Any] = []
-            for e in chunk:
-                params.extend(
-                    (e.owner, e.id, self._ts(e.stamp), e.withJID, e.withResource,
-                     bool(e.outgoing), e.xml)
-                )
-            # One multi-row VALUES list is inserted in its order, so the serial "id" keeps
-            # the order the messages were routed in.
-            sql = (
-                "INSERT INTO archive"
-                " (owner, sid, stamp, with_jid, with_resource, outgoing, xml)"
-                f" VALUES {marks} ON CONFLICT (owner, sid) DO NOTHING RETURNING id"
+            for row in chunk:
+                params.extend(row)
+            statements.append(
+                (f"{head} VALUES {', '.join([one] * len(chunk))} {tail}", params)
             )
-            statements.append((sql, params))
         return statements
 
-    @_deferred
-    async def archiveMessages(self, entries: list[ArchiveEntry]) -> int:
-        """
-        Append message copies to their owners' archives in one transaction, in order; skip
-        ids already archived and owners that no longer exist.  Fires with how many were
-        written.
-        """
-        if not entries:
-            return 0
-        try:
-            results = await self._batch(self._archiveInserts(entries))
-        except IntegrityViolation:
-            # Only the owner's foreign key can fail (duplicates are skipped): an account was
-            # deleted while its messages waited.  Keep everybody else's.
-            owners = sorted({e.owner for e in entries})
-            marks = ", ".join(["%s"] * len(owners))
-            rows = await self._fetch(
-                f"SELECT localpart FROM users WHERE localpart IN ({marks})", owners
-            )
-            existing = {row[0] for row in rows}
-            kept = [e for e in entries if e.owner in existing]
-            if not kept:
-                return 0
-            results = await self._batch(self._archiveInserts(kept))
-        return sum(len(rows) for rows in results)
+    async def _archiveSeedId(self) -> int:
+        rows = await self._fetch("SELECT COALESCE(MAX(id), 0) FROM archive_messages")
+        seen = int(rows[0][0])
+        last = max(seen, self._archiveLastId or 0)
+        self._archiveLastId = last
+        return last
 
-    def _archiveEntry(self, owner: str, row: tuple[Any, ...]) -> ArchiveEntry:
-        _, sid, stamp, withJID, withResource, outgoing, xml = row
-        return ArchiveEntry(
-            owner, sid, self._timestampFromDB(stamp), withJID, withResource or "",
-            bool(outgoing), xml,
+    def _archiveRows(self, messages: Sequence[ArchiveMessage]) -> list[tuple[Any, ...]]:
+        """
+        The rows of C{messages}, with their ids: each above the previous one, and never below
+        the message's time in microseconds (so that ids follow time: the purge goes by id, and
+        the nodes of a cluster hardly ever pick the same id).
+        """
+        last = self._archiveLastId or 0
+        rows = []
+        for m in messages:
+            micros = (m.stamp - EPOCH) // MICROSECOND
+            last = last + 1 if last >= micros else micros
+            rows.append((last, m.id, micros, m.recipient, m.sender, m.senderJID,
+                         m.senderResource, m.recipientJID, m.recipientResource, m.xml))
+        self._archiveLastId = last
+        return rows
+
+    def _archiveWrites(self, messages: Sequence[ArchiveMessage]) -> list[Statement]:
+        return self._insertMany(
+            self._ARCHIVE_INSERT, 10, self._archiveRows(messages), "ON CONFLICT (sid) DO NOTHING"
         )
 
     @_deferred
-    async def queryArchive(self, owner: str, query: ArchiveQuery) -> ArchivePage:
+    async def archiveMessages(self, messages: list[ArchiveMessage]) -> int:
         """
-        One page of the owner's archive (see L{ArchiveQuery}); fails with L{UnknownArchiveId}
-        when C{afterId}, C{beforeId}, C{after} or C{before} names an id not in the archive.
+        Append messages to their parties' archives in one transaction, in order; skip ids
+        already archived and parties that no longer exist.  Fires with how many were written.
         """
-        # Archive ids are opaque strings; the order is the serial's, so look those up first.
-        named = sorted({i for i in (query.afterId, query.beforeId, query.after, query.before) if i})
-        serials: dict[str, int] = {}
-        if named:
-            marks = ", ".join(["%s"] * len(named))
-            rows = await self._fetch(
-                f"SELECT sid, id FROM archive WHERE owner = %s AND sid IN ({marks})",
-                (owner, *named),
-            )
-            serials = {sid: int(serial) for sid, serial in rows}
-            for sid in named:
-                if sid not in serials:
-                    raise UnknownArchiveId(f"no message with id {sid!r} in the archive")
+        messages = [
+            m._replace(sender=None) if m.sender is not None and m.sender == m.recipient else m
+            for m in messages
+            if m.recipient is not None or m.sender is not None
+        ]
+        if not messages:
+            return 0
+        if self._archiveLastId is None:
+            await self._archiveSeedId()
+        try:
+            return sum(await self._counted(self._archiveWrites(messages)))
+        except IntegrityViolation:
+            pass
+        # A party's account was deleted while its messages waited (its foreign key failed), or
+        # another node of a cluster took one of the ids: keep everybody else's, with fresh ids.
+        await self._archiveSeedId()
+        owners = sorted({o for m in messages for o in (m.recipient, m.sender) if o is not None})
+        marks = ", ".join(["%s"] * len(owners))
+        rows = await self._fetch(
+            f"SELECT localpart FROM users WHERE localpart IN ({marks})", owners
+        )
+        existing = {row[0] for row in rows}
+        kept = []
+        for m in messages:
+            recipient = m.recipient if m.recipient in existing else None
+            sender = m.sender if m.sender in existing else None
+            if recipient is not None or sender is not None:
+                kept.append(m._replace(recipient=recipient, sender=sender))
+        if not kept:
+            return 0
+        return sum(await self._counted(self._archiveWrites(kept)))
 
-        where = ["owner = %s"]
+    def _archiveSelect(self, side: tuple[str, str, str, int]) -> str:
+        _, withColumn, resourceColumn, outgoing = side
+        return (f"SELECT id, sid, stamp, {withColumn} AS with_jid,"
+                f" {resourceColumn} AS with_resource, {outgoing} AS outgoing, xml"
+                " FROM archive_messages")
+
+    def _archiveEntry(self, owner: str, row: tuple[Any, ...]) -> ArchiveEntry:
+        _, sid, micros, withJID, withResource, outgoing, xml = row
+        return ArchiveEntry(
+            owner, sid, EPOCH + datetime.timedelta(microseconds=int(micros)), withJID,
+            withResource or "", bool(outgoing), xml,
+        )
+
+    def _archiveFilters(
+        self, owner: str, query: ArchiveQuery, serials: dict[str, int],
+        side: tuple[str, str, str, int],
+    ) -> tuple[str, list[Any]]:
+        """The C{WHERE} condition of one side of an archive for the query's filters."""
+        ownerColumn, withColumn, resourceColumn, _ = side
+        where = [f"{ownerColumn} = %s"]
         params: list[Any] = [owner]
         if query.withJID is not None:
-            where.append("with_jid = %s")
+            where.append(f"{withColumn} = %s")
             params.append(query.withJID)
             if query.withResource is not None:
-                where.append("with_resource = %s")
+                where.append(f"{resourceColumn} = %s")
                 params.append(query.withResource)
         if query.start is not None:
             where.append("stamp >= %s")
-            params.append(self._ts(query.start))
+            params.append(micros(query.start))
         if query.end is not None:
             where.append("stamp <= %s")
-            params.append(self._ts(query.end))
+            params.append(micros(query.end))
         if query.afterId:
             where.append("id > %s")
             params.append(serials[query.afterId])
@@ -849,49 +924,79 @@ class SQLStore:
             where.append("id < %s")
             params.append(serials[query.beforeId])
         if query.ids is not None:
-            if not query.ids:
-                return ArchivePage([], True, 0, None)
             where.append(f"sid IN ({', '.join(['%s'] * len(query.ids))})")
             params.extend(query.ids)
-        filtered = " AND ".join(where)
+        return " AND ".join(where), params
+
+    @_deferred
+    async def queryArchive(self, owner: str, query: ArchiveQuery) -> ArchivePage:
+        """
+        One page of the owner's archive (see L{ArchiveQuery}); fails with L{UnknownArchiveId}
+        when C{afterId}, C{beforeId}, C{after} or C{before} names an id not in the archive.
+        """
+        # Archive ids are opaque strings; the order is the numeric id's, so look those up first.
+        named = sorted({i for i in (query.afterId, query.beforeId, query.after, query.before) if i})
+        serials: dict[str, int] = {}
+        if named:
+            marks = ", ".join(["%s"] * len(named))
+            rows = await self._fetch(
+                f"SELECT sid, id FROM archive_messages WHERE sid IN ({marks})"
+                " AND (owner_in = %s OR owner_out = %s)",
+                (*named, owner, owner),
+            )
+            serials = {sid: int(serial) for sid, serial in rows}
+            for sid in named:
+                if sid not in serials:
+                    raise UnknownArchiveId(f"no message with id {sid!r} in the archive")
+        if query.ids is not None and not query.ids:
+            return ArchivePage([], True, 0, None)
+        sides = [self._archiveFilters(owner, query, serials, side) for side in self._ARCHIVE_SIDES]
 
         entries: list[ArchiveEntry] = []
         complete = True
+        firstSerial = None
         if query.max > 0:
-            pageWhere = [filtered]
-            pageParams = list(params)
-            if query.after:
-                pageWhere.append("id > %s")
-                pageParams.append(serials[query.after])
-            if query.before:
-                pageWhere.append("id < %s")
-                pageParams.append(serials[query.before])
             order = "DESC" if query.backward else "ASC"
-            # One row more than the page tells whether the page reaches the end.
+            parts: list[str] = []
+            params: list[Any] = []
+            for side, (where, sideParams) in zip(self._ARCHIVE_SIDES, sides):
+                if query.after:
+                    where += " AND id > %s"
+                    sideParams = [*sideParams, serials[query.after]]
+                if query.before:
+                    where += " AND id < %s"
+                    sideParams = [*sideParams, serials[query.before]]
+                # Each side reads at most one page plus one from its own index; the union is
+                # merged and cut.  One row more than the page tells whether it reaches the end.
+                parts.append(f"SELECT * FROM ({self._archiveSelect(side)} WHERE {where}"
+                             f" ORDER BY id {order} LIMIT %s) AS side{len(parts)}")
+                params.extend((*sideParams, query.max + 1))
             rows = await self._fetch(
-                f"SELECT {self._ARCHIVE_COLUMNS} FROM archive WHERE {' AND '.join(pageWhere)}"
-                f" ORDER BY id {order} LIMIT %s",
-                (*pageParams, query.max + 1),
+                f"{' UNION ALL '.join(parts)} ORDER BY id {order} LIMIT %s",
+                (*params, query.max + 1),
             )
             complete = len(rows) <= query.max
             rows = rows[: query.max]
             if query.backward:
                 rows.reverse()
             entries = [self._archiveEntry(owner, row) for row in rows]
-            firstSerial = int(rows[0][0]) if rows else None
-        else:
-            firstSerial = None
+            if rows:
+                firstSerial = int(rows[0][0])
 
+        matching = " UNION ALL ".join(f"SELECT id FROM archive_messages WHERE {where}"
+                                      for where, _ in sides)
+        allParams = [p for _, sideParams in sides for p in sideParams]
         if firstSerial is None:
-            counted = await self._fetch(f"SELECT COUNT(*) FROM archive WHERE {filtered}", params)
+            counted = await self._fetch(
+                f"SELECT COUNT(*) FROM ({matching}) AS matching", allParams)
             count = int(counted[0][0])
             if query.max == 0:
                 complete = count == 0
             return ArchivePage(entries, complete, count, None)
         counted = await self._fetch(
             "SELECT COUNT(*), COALESCE(SUM(CASE WHEN id < %s THEN 1 ELSE 0 END), 0)"
-            f" FROM archive WHERE {filtered}",
-            (firstSerial, *params),
+            f" FROM ({matching}) AS matching",
+            (firstSerial, *allParams),
         )
         return ArchivePage(entries, complete, int(counted[0][0]), int(counted[0][1]))
 
@@ -902,10 +1007,13 @@ class SQLStore:
         """Fire with the oldest and the newest entry of the owner's archive (or C{None}s)."""
         bounds: list[ArchiveEntry | None] = []
         for order in ("ASC", "DESC"):
+            parts = [
+                f"SELECT * FROM ({self._archiveSelect(side)} WHERE {side[0]} = %s"
+                f" ORDER BY id {order} LIMIT 1) AS side{n}"
+                for n, side in enumerate(self._ARCHIVE_SIDES)
+            ]
             rows = await self._fetch(
-                f"SELECT {self._ARCHIVE_COLUMNS} FROM archive WHERE owner = %s"
-                f" ORDER BY id {order} LIMIT 1",
-                (owner,),
+                f"{' UNION ALL '.join(parts)} ORDER BY id {order} LIMIT 1", (owner, owner)
             )
             bounds.append(self._archiveEntry(owner, rows[0]) if rows else None)
         return bounds[0], bounds[1]
@@ -916,10 +1024,14 @@ class SQLStore:
         Delete at most C{limit} archived messages stamped before C{before}; fires with how
         many.  Bounded so that one purge never holds the database for long.
         """
+        # An id is never below its message's time, so the old messages are the first ids: the
+        # purge reads the table (its id order) from the start.  Ids of messages that came from
+        # schema version 3 are small; their stamps decide.
+        cut = micros(before)
         rows = await self._fetch(
-            "DELETE FROM archive WHERE id IN"
-            " (SELECT id FROM archive WHERE stamp < %s LIMIT %s) RETURNING id",
-            (self._ts(before), int(limit)),
+            "DELETE FROM archive_messages WHERE id IN (SELECT id FROM archive_messages"
+            " WHERE id < %s AND stamp < %s ORDER BY id LIMIT %s) RETURNING id",
+            (cut, cut, int(limit)),
         )
         return len(rows)
 

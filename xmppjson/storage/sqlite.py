@@ -29,6 +29,7 @@ from xmppjson.storage.sql import (
     INTEGRITY,
     UNAVAILABLE,
     UTC,
+    ManyRows,
     Params,
     Rows,
     SQLStore,
@@ -38,6 +39,10 @@ from xmppjson.storage.sql import (
 # Fixed width (always microseconds, never an offset: the value is UTC) so that text order is
 # time order and comparisons in SQL are correct.
 _TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+# The page cache of the one connection (KiB) and the WAL size that triggers a checkpoint.
+_CACHE_KIB = 32768
+_CHECKPOINT_PAGES = 10000
 
 # How long a statement waits for another process's write lock before failing (seconds).
 _BUSY_TIMEOUT = 5.0
@@ -54,6 +59,13 @@ def _configure(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA journal_mode=WAL").fetchall()
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA foreign_keys=ON")
+    # The archive writer's transactions touch a page per active user in each index: with
+    # SQLite's default 2 MB cache they spilled dirty pages to the WAL before their commit
+    # and read them back (a third of its system calls).  32 MB, and a checkpoint every
+    # 10000 WAL pages instead of 1000, so that a page rewritten by many transactions is
+    # copied into the database once (docs/performance.md, "archive write cost").
+    connection.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+    connection.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}").fetchall()
 
 
 def _rows(cursor: Any) -> Rows:
@@ -76,13 +88,11 @@ def _executeInteraction(cursor: Any, sql: str, params: Params) -> None:
     cursor.fetchall()
 
 
-def _batchInteraction(cursor: Any, statements: list[Statement]) -> list[Rows]:
+def _inTransaction(cursor: Any, statements: list[Statement], step: Any) -> list[Any]:
+    """Run C{step(cursor, sql, params)} for each statement, all in one transaction."""
     cursor.execute("BEGIN IMMEDIATE")
     try:
-        results = []
-        for sql, params in statements:
-            cursor.execute(_qmark(sql), tuple(params))
-            results.append(_rows(cursor))
+        results = [step(cursor, _qmark(sql), params) for sql, params in statements]
         cursor.execute("COMMIT")
     except BaseException:
         try:
@@ -92,6 +102,27 @@ def _batchInteraction(cursor: Any, statements: list[Statement]) -> list[Rows]:
             pass
         raise
     return results
+
+
+def _fetchStep(cursor: Any, sql: str, params: Params) -> Rows:
+    cursor.execute(sql, tuple(params))
+    return _rows(cursor)
+
+
+def _countStep(cursor: Any, sql: str, params: Params) -> int:
+    if type(params) is ManyRows:
+        cursor.executemany(sql, params)
+    else:
+        cursor.execute(sql, tuple(params))
+    return int(cursor.rowcount)
+
+
+def _batchInteraction(cursor: Any, statements: list[Statement]) -> list[Rows]:
+    return _inTransaction(cursor, statements, _fetchStep)
+
+
+def _countedInteraction(cursor: Any, statements: list[Statement]) -> list[int]:
+    return _inTransaction(cursor, statements, _countStep)
 
 
 @implementer(IStore)
@@ -157,6 +188,17 @@ class SQLiteStore(SQLStore):
     def _runBatch(self, statements: list[Statement]) -> Deferred[list[Rows]]:
         assert self._pool is not None
         return self._pool.runInteraction(_batchInteraction, statements)
+
+    def _runCounted(self, statements: list[Statement]) -> Deferred[list[int]]:
+        assert self._pool is not None
+        return self._pool.runInteraction(_countedInteraction, statements)
+
+    def _insertMany(self, head: str, width: int, rows: list[tuple[Any, ...]],
+                    tail: str) -> list[Statement]:
+        # One prepared statement stepped once per row costs SQLite less than parsing long
+        # VALUES lists, and there is no round trip to save.
+        one = "(" + ", ".join(["%s"] * width) + ")"
+        return [(f"{head} VALUES {one} {tail}", ManyRows(rows))]
 
     def _classify(self, failure: Failure) -> str | None:
         if failure.check(sqlite3.IntegrityError):
