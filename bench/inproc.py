@@ -16,20 +16,27 @@ it: bench/run.py measures the whole server.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+import time
+from typing import Any, Callable, NamedTuple
 
-# bench/ holds a profile.py that would shadow the standard library's (cProfile imports it):
-# run from the project root instead.
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-import argparse  # noqa: E402
-import cProfile  # noqa: E402
-import pstats  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+if __name__ == "__main__":
+    # bench/ holds a profile.py that would shadow the standard library's (cProfile imports
+    # it), and the fixtures come from tests/: run from the project root instead.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from twisted.internet import defer, task  # noqa: E402
+
+
+class Door(NamedTuple):
+    """A logged-in sender and recipient on one door."""
+
+    feed: Callable[[bytes], None]  # hands the sender's bytes to its protocol
+    batches: list[bytes]  # BATCH messages each, to the recipient
+    fixture: Any
+    received: "_Sink"  # the recipient's transport
 
 BATCH = 10
 
@@ -56,9 +63,13 @@ class _Sink:
     def __init__(self, real: Any) -> None:
         self.real = real
         self.written = 0
+        #: a list to keep what is written in (for tests), or None
+        self.kept: list[bytes] | None = None
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
+        if self.kept is not None:
+            self.kept.append(data)
 
     def writeSequence(self, seq: Any) -> None:
         for data in seq:
@@ -68,7 +79,7 @@ class _Sink:
         return getattr(self.real, name)
 
 
-async def c2sDoor(case: _Case, archive: bool) -> tuple[Any, list[bytes]]:
+async def c2sDoor(case: Any, archive: bool) -> Door:
     from tests.test_c2s import C2SFixture
 
     fixture = await C2SFixture(case, useTLS=False, allowPlaintext=True, archive=archive,
@@ -79,7 +90,7 @@ async def c2sDoor(case: _Case, archive: bool) -> tuple[Any, list[bytes]]:
         wire.send("<presence/>")
         await task.deferLater(_reactor(), 0.01, lambda: None)
         wire.take()
-    bob.protocol.transport = _Sink(bob.protocol.transport)
+    bob.protocol.transport = received = _Sink(bob.protocol.transport)
     alice.protocol.transport = _Sink(alice.protocol.transport)
     batches = [
         "".join(
@@ -88,10 +99,10 @@ async def c2sDoor(case: _Case, archive: bool) -> tuple[Any, list[bytes]]:
         ).encode()
         for i in range(64)
     ]
-    return (lambda data: alice.protocol.dataReceived(data)), batches, fixture
+    return Door(alice.protocol.dataReceived, batches, fixture, received)
 
 
-async def wsDoor(case: _Case, archive: bool) -> tuple[Any, list[bytes]]:
+async def wsDoor(case: Any, archive: bool) -> Door:
     import json
 
     from tests.test_websocket import maskedFrame
@@ -112,8 +123,7 @@ async def wsDoor(case: _Case, archive: bool) -> tuple[Any, list[bytes]]:
         )
         for i in range(64)
     ]
-    alice = protocols["alice"]
-    return (lambda data: alice.dataReceived(data)), batches, fixture
+    return Door(protocols["alice"].dataReceived, batches, fixture, protocols["bob"].transport)
 
 
 def _reactor() -> Any:
@@ -136,22 +146,25 @@ async def main(args: argparse.Namespace) -> None:
     case = _Case()
     try:
         doors = {"c2s": await c2sDoor(case, args.archive), "ws": await wsDoor(case, args.archive)}
-        for feed, batches, _ in doors.values():
-            measure(feed, batches, 2000)  # warm-up (caches, first allocations)
+        for door in doors.values():
+            measure(door.feed, door.batches, 2000)  # warm-up (caches, first allocations)
         if args.profile:
-            feed, batches, _ = doors[args.profile]
+            import cProfile
+            import pstats
+
+            door = doors[args.profile]
             profiler = cProfile.Profile()
             profiler.enable()
-            measure(feed, batches, args.messages)
+            measure(door.feed, door.batches, args.messages)
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
             return
         results: dict[str, list[float]] = {name: [] for name in doors}
         for _ in range(args.rounds):
-            for name, (feed, batches, fixture) in doors.items():
-                results[name].append(measure(feed, batches, args.messages))
+            for name, door in doors.items():
+                results[name].append(measure(door.feed, door.batches, args.messages))
                 if args.archive:
-                    await fixture.im.archive.flush()
+                    await door.fixture.im.archive.flush()
         c2s = sorted(results["c2s"])[len(results["c2s"]) // 2]
         ws = sorted(results["ws"])[len(results["ws"]) // 2]
         print(f"archive {'on' if args.archive else 'off'}, {args.messages} messages x {args.rounds} rounds, "

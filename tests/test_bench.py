@@ -15,6 +15,7 @@ import os
 import sys
 from types import ModuleType
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
@@ -139,3 +140,30 @@ class GuardTests(unittest.TestCase):
         conf = guard.load_config(guard.GUARD_JSON)
         self.assertGreater(conf["min_fraction"], 0)
         self.assertLess(conf["min_fraction"], 1)
+
+
+class InprocTests(unittest.TestCase):
+    """bench/inproc.py drives the real doors: what it feeds is delivered, through both."""
+
+    def test_doorsDeliver(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._doorsDeliver())
+
+    async def _doorsDeliver(self) -> None:
+        inproc = _load("inproc")
+        for make, marker in ((inproc.c2sDoor, b" hello</body>"), (inproc.wsDoor, b' hello"')):
+            door = await make(self, False)
+            door.received.kept = []
+            micros = inproc.measure(door.feed, door.batches, 10 * inproc.BATCH)
+            self.assertGreater(micros, 0)
+            # every message reached the recipient, once: each stanza or frame carries its body
+            self.assertEqual(b"".join(door.received.kept).count(marker), 10 * inproc.BATCH)
+            self.assertEqual(door.fixture.im.router.countOf(f"bob@{door.fixture.config.domain}"), 1)
+
+
+class PortOffsetTests(unittest.TestCase):
+    def test_portOffset(self) -> None:
+        runpy = _load("run")
+        args = runpy.build_parser().parse_args(["--port-offset", "1000"])
+        ctx = runpy.Ctx(args, "python3", "python3", "/tmp/w", "/tmp/o.jsonl")
+        conf = runpy.xj_conf(ctx, "xmppjson")
+        self.assertEqual((conf["c2s"], conf["web"]), (runpy.XJ_C2S + 1000, runpy.XJ_WEB + 1000))
