@@ -28,6 +28,8 @@ XML = ("<message xmlns='jabber:client' to='user{r}@localhost/bench' from='user{s
        " type='chat' id='{n:08x}'><body>Hello there, this is message number {n} of the"
        " benchmark</body></message>")
 
+ORDERED_SIDS = False
+
 USERS_SQL = "CREATE TABLE users (localpart TEXT PRIMARY KEY, created TEXT NOT NULL)"
 
 # name -> (DDL statements, writer)
@@ -247,7 +249,8 @@ def run(name: str, messages: int, batch: int, users: int, directory: str,
         else:
             s, r = rng.sample(range(users), 2)
         us += rng.randrange(0, 60)
-        traffic.append((us, f"{rng.getrandbits(96):024x}", f"user{s}", f"user{r}",
+        sid = f"{us:013x}{rng.getrandbits(72):018x}" if ORDERED_SIDS else f"{rng.getrandbits(96):024x}"
+        traffic.append((us, sid, f"user{s}", f"user{r}",
                         XML.format(s=s, r=r, n=n)))
     state: dict[str, int] = {}
     started = time.process_time()
@@ -271,7 +274,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated candidates")
     parser.add_argument("--pragma", action="append", default=[],
                         help="extra PRAGMA before the tables are made (page_size=1024, ...)")
+    parser.add_argument("--ordered-sids", action="store_true",
+                        help="stanza-ids that begin with the time (as xmppjson's do) instead of random ones")
     args = parser.parse_args()
+    global ORDERED_SIDS
+    ORDERED_SIDS = args.ordered_sids
     names = [n for n in args.only.split(",") if n] or list(CANDIDATES)
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as directory:

@@ -30,6 +30,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -301,6 +302,15 @@ def _record(ctx: Ctx, res: dict) -> None:
         f.write(json.dumps(res) + "\n")
 
 
+def archive_dropped(log: str, start: int = 0) -> int:
+    """How many messages the server said it did not archive, in its log from byte C{start}."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        text = f.read().decode("utf-8", "replace")
+    found = re.findall(r"Message archive: (\d+) messages were not archived", text)
+    return sum(int(n) for n in found)
+
+
 def one_run(ctx: Ctx, rnd: int, sc: Scenario, server: str) -> dict:
     label = f"{server}/{sc.name}"
     bl.log(f"== {time.strftime('%H:%M:%S')} round {rnd} {label}")
@@ -310,17 +320,24 @@ def one_run(ctx: Ctx, rnd: int, sc: Scenario, server: str) -> dict:
     except Exception as e:  # noqa: BLE001
         res = {"label": label, "error": f"server did not start: {e}"}
     else:
+        log = os.path.join(ctx.workdir, server, f"{server}.log") if server.startswith("xmppjson") else None
+        start = os.path.getsize(log) if log and os.path.exists(log) else 0
         try:
             argv = _tool_argv(ctx, run, sc.tool, sc.prefix, label) + (sc.quick if ctx.args.quick else sc.args)
             res = bl.run_json(argv, timeout=ctx.args.run_timeout, label=label)
         finally:
             run.stop()
+        if log and os.path.exists(log):
+            # messages the archive could not keep up with (xmppjson logs their count at shutdown)
+            res["archive_dropped"] = archive_dropped(log, start)
     res.update({"kind": "run", "round": rnd, "server": server, "scenario_name": sc.name, "label": label,
                 "quick": bool(ctx.args.quick)})
     _record(ctx, res)
     key = next((k for k in ("msgs_per_server_cpu_s", "deliveries_per_server_cpu_s", "logins_per_server_cpu_s",
                             "rss_per_conn_kb") if res.get(k) is not None), "result")
     extra = f" lost={res.get('lost')} dup={res.get('duplicated')}" if "lost" in res else ""
+    if res.get("archive_dropped"):
+        extra += f" NOT ARCHIVED={res['archive_dropped']}"
     bl.log(f"   {label}: {key}={res.get(key)} msgs/s={res.get('msgs_per_s')} server_cpu={res.get('server_cpu_pct')}% harness_cpu={res.get('harness_cpu_pct')}%{extra}"
            + (f" ERROR {res.get('error')} {res.get('first_failures', res.get('stderr', ''))}" if res.get("error") else ""))
     return res
@@ -395,8 +412,10 @@ def table(results: list[dict]) -> str:
             ok_runs = [r for r in runs[xl] if not r.get("error")]
             errs = len(runs[xl]) - len(ok_runs)
             if any("lost" in r for r in ok_runs):
+                unarchived = sum(r.get("archive_dropped") or 0 for r in ok_runs)
                 cells.append(f"{sum(r.get('lost') or 0 for r in ok_runs)} / "
-                             f"{sum(r.get('duplicated') or 0 for r in ok_runs)}")
+                             f"{sum(r.get('duplicated') or 0 for r in ok_runs)}"
+                             + (f" ({unarchived} not archived)" if unarchived else ""))
             elif any("incomplete_fanouts_at_end" in r for r in ok_runs):
                 cells.append(f"{sum(r.get('incomplete_fanouts_at_end') or 0 for r in ok_runs)} incomplete fan-outs")
             else:

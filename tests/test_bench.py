@@ -160,6 +160,22 @@ class InprocTests(unittest.TestCase):
             self.assertEqual(door.fixture.im.router.countOf(f"bob@{door.fixture.config.domain}"), 1)
 
 
+class ArchiveDroppedTests(unittest.TestCase):
+    def test_countsFromOffset(self) -> None:
+        """The archive's shutdown line is read from where this run's part of the log starts."""
+        runpy = _load("run")
+        log = self.mktemp()
+        line = ("2026 [xmppjson.im.archive.Archive#warn] Message archive: {n} messages were not"
+                " archived since the server started (1 were)\n")
+        earlier = line.format(n=7)
+        with open(log, "w") as f:
+            f.write(earlier)
+            f.write("2026 [x#info] something else\n")
+            f.write(line.format(n=40))
+        self.assertEqual(runpy.archive_dropped(log), 47)
+        self.assertEqual(runpy.archive_dropped(log, len(earlier)), 40)
+
+
 class PortOffsetTests(unittest.TestCase):
     def test_portOffset(self) -> None:
         runpy = _load("run")

@@ -1304,6 +1304,41 @@ class BackpressureTests(unittest.TestCase):
         wire.protocol.resumeProducing()
         self.assertEqual(wire.transport.producerState, "producing")
 
+    async def test_archiveBehindHoldsReading(self) -> None:
+        """
+        While the archive writer is behind (too many messages waiting, the database up),
+        the door stops reading from its clients; messages already read are still delivered
+        at once, and reading resumes when the writer has caught up.
+        """
+        fx = await C2SFixture(self, allowPlaintext=True, archive=True, stanzaRate=0).start(
+            "juliet", "romeo")
+        juliet = await fx.login("juliet", "a")
+        romeo = await fx.login("romeo", "b")
+        for wire in (juliet, romeo):
+            wire.send("<presence/>")
+            wire.take()
+        archive = fx.im.archive
+        archive.highWater, archive.lowWater = 3, 1
+        juliet.send("".join(f"<message to='romeo@{DOMAIN}' type='chat'><body>{n}</body></message>"
+                            for n in range(2)))
+        self.assertEqual(juliet.transport.producerState, "producing")
+        juliet.send(f"<message to='romeo@{DOMAIN}' type='chat'><body>2</body></message>")
+        self.assertTrue(fx.im.intakeHeld)
+        self.assertEqual(juliet.transport.producerState, "paused")
+        self.assertEqual(len([e for e in romeo.take() if e.name == "message"]), 3)
+        # romeo reads on: the hold applies to a door connection at its next read
+        romeo.send("<presence/>")
+        self.assertEqual(romeo.transport.producerState, "paused")
+        fx.clock.advance(archive.interval)
+        for _ in range(50):
+            if not fx.im.intakeHeld:
+                break
+            await task.deferLater(realReactor(), 0.01, lambda: None)
+        self.assertEqual(archive.written, 3)
+        self.assertFalse(fx.im.intakeHeld)
+        self.assertEqual(juliet.transport.producerState, "producing")
+        self.assertEqual(romeo.transport.producerState, "producing")
+
     async def test_backlogCutsTheConnection(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True, maxStanzaSize=64 * 1024).start("juliet")
         wire = await fx.login()

@@ -492,7 +492,24 @@ class StanzaIdTests(unittest.TestCase):
         ids = [stanzas.newStanzaId() for _ in range(count)]
         self.assertEqual(len(set(ids)), count)
         for value in ids[:3] + ids[-3:]:
-            self.assertRegex(value, r"^[A-Za-z0-9_-]{16}$")
+            self.assertRegex(value, r"^[0-9a-f]{13}[A-Za-z0-9_-]{12}$")
+
+    def test_orderedByTimeEvenWhenTheClockGoesBack(self):
+        """Ids sort in the order they were made (the archive's index grows at its end)."""
+        import time
+
+        from xmppjson.im import stanzas
+
+        now = [1_800_000_000_000_000_000]
+        self.patch(time, "time_ns", lambda: now[0])
+        self.patch(stanzas, "_lastMicros", 0)  # put back afterwards, so later ids are not in 2027
+        first = [stanzas.newStanzaId() for _ in range(3)]
+        now[0] -= 5_000_000_000  # the clock steps back 5 s
+        later = [stanzas.newStanzaId() for _ in range(3)]
+        ids = first + later
+        self.assertEqual(sorted(ids), ids)
+        self.assertEqual(int(ids[0][:13], 16), now[0] // 1000 + 5_000_000)
+        self.assertEqual(len({i[13:] for i in ids}), len(ids))
 
     def test_poolTakesWhatIsAsked(self):
         from xmppjson.im.stanzas import _RandomPool

@@ -514,3 +514,33 @@ class DirectFramePathTests(unittest.TestCase):
         self.assertEqual(frame["payload"]["body"], body)
         self.assertGreater(len(json.dumps(frame, ensure_ascii=False)), 1000)
         self.assertIsNone(alicja.closedWith)
+
+
+class IntakeHoldTests(unittest.TestCase):
+    @_d
+    async def test_archiveBehindHoldsReading(self):
+        """
+        While the archive writer is behind, the door stops reading from web clients at their
+        next frame, and reads again once the core releases it; delivery never waits.
+        """
+        web = await WebFixture(self, archive=True, stanzaRate=0).start("szymon", "alicja")
+        szymon = await web.connect("szymon", presence={})
+        alicja = await web.connect("alicja", presence={})
+        szymon.take()
+        alicja.take()
+        archive = web.im.archive
+        archive.highWater, archive.lowWater = 3, 1
+        protocol = next(s.protocol for s in web.im.router if s.jid.user == "szymon")
+        calls: list[str] = []
+        self.patch(protocol.transport, "pauseProducing", lambda: calls.append("pause"))
+        self.patch(protocol.transport, "resumeProducing", lambda: calls.append("resume"))
+        for n in range(3):
+            szymon.sendJSON({"type": "message", "payload": {"to": "alicja@localhost", "type": "chat",
+                                                            "body": str(n)}})
+        await web.until(lambda: len(alicja.frames) == 3)
+        self.assertTrue(web.im.intakeHeld)
+        self.assertEqual(calls, ["pause"])
+        web.clock.advance(archive.interval)
+        await web.until(lambda: not web.im.intakeHeld)
+        self.assertEqual(calls, ["pause", "resume"])
+        self.assertEqual(archive.written, 3)

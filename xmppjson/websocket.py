@@ -177,6 +177,7 @@ class StreamProtocol(WebSocketServerProtocol):
         self.closing = False
         self._early: Optional[list[tuple[bytes, bool]]] = []
         self._paused = False
+        self._held = False  # reading stopped by the core (IMServer.intakeHeld)
         self.bucket: Optional[TokenBucket] = None
 
     def onOpen(self) -> None:
@@ -219,6 +220,11 @@ class StreamProtocol(WebSocketServerProtocol):
             self._early.append((payload, isBinary))
             return
         self._frame(payload, isBinary)
+        if self.im.intakeHeld and not self._held and not self.closing:
+            # The core is behind on writing (the archive): read no more until it catches up.
+            self._held = True
+            self.transport.pauseProducing()
+            self.im.heldReader(self)
 
     def onMessageEnd(self) -> None:
         """
@@ -334,7 +340,14 @@ class StreamProtocol(WebSocketServerProtocol):
             self.factory.reactor.callLater(wait, self._resume)
             return
         self._paused = False
-        self.transport.resumeProducing()
+        if not self._held:
+            self.transport.resumeProducing()
+
+    def releaseIntake(self) -> None:
+        """The core caught up (L{IMServer.releaseIntake}): read again unless over the rate."""
+        self._held = False
+        if not self._paused and not self.closing and self.transport is not None:
+            self.transport.resumeProducing()
 
     def _frame(self, payload: bytes, isBinary: bool = False) -> None:
         session = self.session

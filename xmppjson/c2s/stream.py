@@ -899,6 +899,7 @@ class C2SStream(xmlstream.XmlStream):
         #: Stanzas handled since the bucket was last charged.
         self._stanzas = 0
         self._throttled = False
+        self._held = False  # reading stopped by the core (IMServer.intakeHeld)
         self._throttleCall: Any = None
 
     def _callLater(self, *args: Any, **kwargs: Any) -> Any:
@@ -1072,6 +1073,17 @@ class C2SStream(xmlstream.XmlStream):
                 pause = bucket.take(count)
                 if pause:
                     self._throttle(pause)
+            if self.im.intakeHeld and not self._held:
+                # The core is behind on writing (the archive): read no more until it catches up.
+                self._held = True
+                self.transport.pauseProducing()
+                self.im.heldReader(self)
+
+    def releaseIntake(self) -> None:
+        """The core caught up (L{IMServer.releaseIntake}): read again unless paused otherwise."""
+        self._held = False
+        if not self.outputPaused and not self.lost and not self.closing and not self._throttled:
+            self.transport.resumeProducing()
 
     def _throttle(self, pause: float) -> None:
         """
@@ -1088,7 +1100,7 @@ class C2SStream(xmlstream.XmlStream):
     def _unthrottle(self) -> None:
         self._throttleCall = None
         self._throttled = False
-        if not self.outputPaused and not self.lost and not self.closing:
+        if not self.outputPaused and not self.lost and not self.closing and not self._held:
             self.transport.resumeProducing()
 
     def _parseFailed(self, e: Exception) -> None:
@@ -1369,7 +1381,7 @@ class C2SStream(xmlstream.XmlStream):
         """The client caught up (reading resumes unless it is over its stanza rate)."""
         self.outputPaused = False
         self._backlog = 0
-        if not self.lost and not self.closing and not self._throttled:
+        if not self.lost and not self.closing and not self._throttled and not self._held:
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:

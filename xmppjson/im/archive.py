@@ -296,6 +296,11 @@ class Archive:
     batchSize = 1000
     interval = 0.1
     maxQueue = 20000
+    #: With this many messages waiting while the database is up (the writer is behind, not
+    #: failing), the doors stop reading from clients until the queue is down to
+    #: C{lowWater}: overload slows senders down rather than leave their messages out.
+    highWater = 8000
+    lowWater = 2000
     #: The most messages one transaction writes.
     maxBatch = 2000
     #: Seconds to wait before writing again after the database was unavailable.
@@ -320,6 +325,7 @@ class Archive:
         # One warning per episode of trouble, and one line when it is over.
         self._troubleLogged = False
         self._droppedSinceLog = 0
+        self._unavailable = False
         self._closed = False
         self.written = 0
         self.dropped = 0
@@ -361,6 +367,8 @@ class Archive:
             self._drop(1, "the write queue is full")
             return
         queue.append((self.clock.seconds(), bare, message))
+        if len(queue) >= self.highWater and not self._unavailable and not self.server.intakeHeld:
+            self.server.holdIntake()
         if len(queue) >= self.batchSize:
             # Soon, not now: this call is still inside the route of a message.
             self._schedule(0)
@@ -480,7 +488,11 @@ class Archive:
                 try:
                     written = await self.store.archiveMessages(self._messages(batch))
                 except StoreUnavailable:
-                    # Keep them for a later attempt, oldest first, within the bound.
+                    # Keep them for a later attempt, oldest first, within the bound; live
+                    # chat goes on meanwhile (no back-pressure while the database is away).
+                    self._unavailable = True
+                    if self.server.intakeHeld:
+                        self.server.releaseIntake()
                     self._queue[:0] = batch
                     excess = len(self._queue) - self.maxQueue
                     if excess > 0:
@@ -498,8 +510,13 @@ class Archive:
                     self.log.failure("Message archive: could not write {n} messages",
                                      n=len(batch))
                     self._drop(len(batch), "a write failed")
+                    if self.server.intakeHeld and len(self._queue) <= self.lowWater:
+                        self.server.releaseIntake()
                     continue
                 self.written += written
+                self._unavailable = False
+                if self.server.intakeHeld and len(self._queue) <= self.lowWater:
+                    self.server.releaseIntake()
                 if self._troubleLogged:
                     self.log.info("Message archive: writing again ({n} messages were lost)",
                                   n=self._droppedSinceLog)
@@ -516,12 +533,18 @@ class Archive:
     async def close(self) -> None:
         """Stop the timers and write what is queued.  Called by the core at shutdown."""
         self._closed = True
+        if self.server.intakeHeld:
+            self.server.releaseIntake()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         if self._purger is not None and self._purger.running:
             self._purger.stop()
         await self.flush()
+        if self.dropped:
+            self.log.warn(  # noqa: G010 -- twisted.logger has no warning()
+                "Message archive: {dropped} messages were not archived since the server started"
+                " ({written} were)", dropped=self.dropped, written=self.written)
 
     # -- retention ----------------------------------------------------------------------
 

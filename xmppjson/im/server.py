@@ -67,6 +67,11 @@ class IMServer:
         self.domain = config.domain
         # (not "router or Router()": an empty router is falsy, it has a length)
         self.router = router if router is not None else Router()
+        #: True while a writer of the core is behind (the archive): the doors stop reading
+        #: from their clients until L{releaseIntake}, so that overload slows clients down
+        #: instead of losing what could not be written.  Live routing never waits for it.
+        self.intakeHeld = False
+        self._heldReaders: set[Any] = set()
         self.rosters = RosterManager(self)
         self.presence = PresenceHandler(self)
         self.messages = MessageHandler(self)
@@ -108,6 +113,21 @@ class IMServer:
         return "xj-" + os.urandom(6).hex()
 
     # sessions --------------------------------------------------------------
+
+    def holdIntake(self) -> None:
+        """Ask the doors to stop reading from clients (they do at their next read)."""
+        self.intakeHeld = True
+
+    def heldReader(self, reader: Any) -> None:
+        """A door connection stopped reading for L{intakeHeld}: call its C{releaseIntake()} later."""
+        self._heldReaders.add(reader)
+
+    def releaseIntake(self) -> None:
+        """The doors may read again."""
+        self.intakeHeld = False
+        readers, self._heldReaders = self._heldReaders, set()
+        for reader in readers:
+            reader.releaseIntake()
 
     async def openSession(self, session: Session) -> None:
         if self.shuttingDown:

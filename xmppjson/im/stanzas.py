@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime
 import os
+import time
 from typing import Optional
 
 from twisted.words.protocols.jabber import error as jerror
@@ -95,11 +96,25 @@ class _RandomPool:
 
 
 _pool = _RandomPool()
+_lastMicros = 0
 
 
 def newStanzaId() -> str:
-    """A unique, unguessable server-assigned id (XEP-0359): 96 random bits, URL-safe base64."""
-    return base64.urlsafe_b64encode(_pool.take(12)).decode("ascii")
+    """
+    A unique, unguessable server-assigned id (XEP-0359): the time in microseconds as 13 hex
+    digits, then 72 random bits in URL-safe base64 (25 characters in all).
+
+    The random part makes it unguessable; the time in front makes ids sort in the order they
+    were made (as UUIDv7 does, RFC 9562), so that the archive's unique index on them grows at
+    its end instead of touching a random page of a big B-tree for every message.  The time
+    part never goes back, even when the clock does.
+    """
+    global _lastMicros
+    micros = time.time_ns() // 1000
+    if micros <= _lastMicros:
+        micros = _lastMicros + 1
+    _lastMicros = micros
+    return f"{micros:013x}" + base64.urlsafe_b64encode(_pool.take(9)).decode("ascii")
 
 
 def makeElement(name: str, **attrs: Optional[str]) -> domish.Element:

@@ -41,7 +41,6 @@ from xmppjson.storage.sql import (
     INTEGRITY,
     UNAVAILABLE,
     UTC,
-    ManyRows,
     Params,
     Rows,
     SQLStore,
@@ -169,12 +168,8 @@ def _countedInteraction(cursor: Any, statements: list[Statement]) -> Deferred[li
     async def run() -> list[int]:
         counts: list[int] = []
         for sql, params in statements:
-            rows = params if type(params) is ManyRows else [params]
-            count = 0
-            for row in rows:
-                await cursor.execute(sql, tuple(row))
-                count += cursor.rowcount
-            counts.append(count)
+            await cursor.execute(sql, tuple(params))
+            counts.append(cursor.rowcount)
         return counts
 
     return Deferred.fromCoroutine(run())

@@ -10,7 +10,7 @@ provides only the primitives that differ between drivers:
  - C{_runBatch(statements)}: run several statements atomically, in one transaction, and fire
    with the rows of each (C{[]} for a statement without a result set);
  - C{_runCounted(statements)}: the same for writes, firing with the number of rows each
-   changed (a statement whose parameters are L{ManyRows} runs once per row);
+   changed;
  - C{_classify(failure)}: say whether a driver failure means "unavailable", "integrity" or is a
    bug;
  - C{_timestampToDB} / C{_timestampFromDB}: the storage form of a UTC instant.
@@ -82,13 +82,6 @@ _DELETE_CHUNK = 500
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-
-class ManyRows(list):  # type: ignore[type-arg]
-    """
-    The parameters of a statement of a L{SQLStore._counted} batch that runs once per row, in
-    order (C{executemany}), rather than once.
-    """
 
 
 def micros(when: datetime.datetime) -> int:
@@ -194,7 +187,7 @@ class SQLStore:
     def _runCounted(self, statements: list[Statement]) -> Deferred[list[int]]:
         """
         Run write statements atomically, in one transaction; fire with the number of rows
-        each changed.  A statement whose parameters are L{ManyRows} runs once per row.
+        each changed.
         """
         raise NotImplementedError()
 
@@ -803,8 +796,8 @@ class SQLStore:
         """
         The statements that insert C{rows} (C{width} values each) in their order: C{head}
         (C{INSERT INTO t (columns)}), the rows, C{tail} (C{ON CONFLICT ...}).  Multi-row
-        C{VALUES} lists of 100 rows here (one round trip each on PostgreSQL); a backend for
-        which a prepared statement run once per row is cheaper says so (L{ManyRows}).
+        C{VALUES} lists of 100 rows here (one round trip each on PostgreSQL); a backend with a
+        cheaper way overrides this (SQLite).
         """
         statements: list[Statement] = []
         one = "(" + ", ".join(["%s"] * width) + ")"
