@@ -189,6 +189,17 @@ class PostgreSQLStore(SQLStore):
     poolSize = 3
     connectTimeout = 10.0
 
+    def _insertMany(self, head: str, types: tuple[str, ...], rows: list[tuple[Any, ...]],
+                    tail: str) -> list[Statement]:
+        """
+        All the rows in one statement: one array parameter per column, zipped back into rows
+        by C{unnest}.  PostgreSQL parses and plans a short statement once per batch instead of
+        a 1000-parameter C{VALUES} list per 100 rows, and the batch is one round trip.
+        """
+        columns = [list(column) for column in zip(*rows)] if rows else [[] for _ in types]
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        return [(f"{head} SELECT * FROM unnest({arrays}) {tail}", columns)]
+
     def __init__(
         self,
         url: str,

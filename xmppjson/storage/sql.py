@@ -11,6 +11,7 @@ provides only the primitives that differ between drivers:
    with the rows of each (C{[]} for a statement without a result set);
  - C{_runCounted(statements)}: the same for writes, firing with the number of rows each
    changed;
+ - C{_insertMany(head, types, rows, tail)}: the statement(s) inserting many rows at once;
  - C{_classify(failure)}: say whether a driver failure means "unavailable", "integrity" or is a
    bug;
  - C{_timestampToDB} / C{_timestampFromDB}: the storage form of a UTC instant.
@@ -787,29 +788,20 @@ class SQLStore:
         "INSERT INTO archive_messages (id, sid, stamp, owner_in, owner_out, sender_jid,"
         " sender_resource, recipient_jid, recipient_resource, xml)"
     )
+    _ARCHIVE_TYPES = ("bigint", "text", "bigint") + ("text",) * 7
     # The highest archive id this store has given or seen (None: not read from the database
     # yet).  Ids are given here, not by the database: no RETURNING, and ids follow the time.
     _archiveLastId: int | None = None
 
-    def _insertMany(self, head: str, width: int, rows: list[tuple[Any, ...]],
+    def _insertMany(self, head: str, types: tuple[str, ...], rows: list[tuple[Any, ...]],
                     tail: str) -> list[Statement]:
         """
-        The statements that insert C{rows} (C{width} values each) in their order: C{head}
-        (C{INSERT INTO t (columns)}), the rows, C{tail} (C{ON CONFLICT ...}).  Multi-row
-        C{VALUES} lists of 100 rows here (one round trip each on PostgreSQL); a backend with a
-        cheaper way overrides this (SQLite).
+        The statements that insert C{rows} (one value per column, of the SQL C{types}) in
+        their order: C{head} (C{INSERT INTO t (columns)}), the rows, C{tail} (C{ON CONFLICT
+        ...}).  Each backend has its cheap way of passing many rows at once (SQLite: one JSON
+        parameter; PostgreSQL: one array per column), rather than long C{VALUES} lists.
         """
-        statements: list[Statement] = []
-        one = "(" + ", ".join(["%s"] * width) + ")"
-        for start in range(0, len(rows), 100):
-            chunk = rows[start : start + 100]
-            params: list[Any] = []
-            for row in chunk:
-                params.extend(row)
-            statements.append(
-                (f"{head} VALUES {', '.join([one] * len(chunk))} {tail}", params)
-            )
-        return statements
+        raise NotImplementedError()
 
     async def _archiveSeedId(self) -> int:
         rows = await self._fetch("SELECT COALESCE(MAX(id), 0) FROM archive_messages")
@@ -836,7 +828,8 @@ class SQLStore:
 
     def _archiveWrites(self, messages: Sequence[ArchiveMessage]) -> list[Statement]:
         return self._insertMany(
-            self._ARCHIVE_INSERT, 10, self._archiveRows(messages), "ON CONFLICT (sid) DO NOTHING"
+            self._ARCHIVE_INSERT, self._ARCHIVE_TYPES, self._archiveRows(messages),
+            "ON CONFLICT (sid) DO NOTHING"
         )
 
     @_deferred

@@ -190,7 +190,7 @@ class SQLiteStore(SQLStore):
         assert self._pool is not None
         return self._pool.runInteraction(_countedInteraction, statements)
 
-    def _insertMany(self, head: str, width: int, rows: list[tuple[Any, ...]],
+    def _insertMany(self, head: str, types: tuple[str, ...], rows: list[tuple[Any, ...]],
                     tail: str) -> list[Statement]:
         """
         All the rows in one statement with one parameter, the rows as a JSON array that
@@ -202,7 +202,7 @@ class SQLiteStore(SQLStore):
         step per batch takes the GIL back once.  (The C{WHERE} is SQLite's rule for an upsert
         on C{INSERT ... SELECT}.)
         """
-        columns = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(width))
+        columns = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(types)))
         sql = f"{head} SELECT {columns} FROM json_each(%s) WHERE true {tail}"
         return [(sql, [json.dumps(rows)])]
 
