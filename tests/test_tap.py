@@ -175,6 +175,44 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(site.maxBody, 64 * 1024)
 
 
+class CollectorTests(unittest.TestCase):
+    """twistd's service tunes the garbage collector while it runs, and puts it back after."""
+
+    def test_tunedWhileRunning(self) -> None:
+        import gc
+
+        from xmppjson.service import CollectorService
+
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        server, reactor = MakeServiceTests.build(self, "--web", "tcp:18080", "--c2s", "tcp:15222")
+        collector = server.getServiceNamed("collector")
+        self.assertIsInstance(collector, CollectorService)
+        collector.startService()
+        self.assertEqual(gc.get_threshold(), CollectorService.thresholds)
+        self.assertEqual(gc.get_freeze_count(), 0)  # not before the reactor runs
+        reactor.advance(0)
+        self.assertGreater(gc.get_freeze_count(), 0)
+        collector.stopService()
+        self.assertEqual(gc.get_threshold(), before)
+        self.assertEqual(gc.get_freeze_count(), 0)
+
+    def test_stoppedBeforeTheFreeze(self) -> None:
+        import gc
+
+        from xmppjson.service import CollectorService
+
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        reactor = MemoryReactorClock()
+        collector = CollectorService(reactor)
+        collector.startService()
+        collector.stopService()
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertEqual(gc.get_threshold(), before)
+
+
 class LimitOptionsTests(unittest.TestCase):
     """The limit options reach the Config, and bad values are UsageErrors."""
 

@@ -250,6 +250,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
 
-    from xmppjson.service import makeServer
+    from xmppjson.service import CollectorService, makeServer
 
-    return makeServer(options.toConfig(), reactor)
+    server = makeServer(options.toConfig(), reactor)
+    # A process-wide setting: only for the process twistd runs, not for every server built
+    # in one process (tests).
+    CollectorService(reactor).setServiceParent(server)
+    return server
