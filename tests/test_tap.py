@@ -198,6 +198,23 @@ class CollectorTests(unittest.TestCase):
         self.assertEqual(gc.get_threshold(), before)
         self.assertEqual(gc.get_freeze_count(), 0)
 
+    def test_offInTheEnvironment(self) -> None:
+        import gc
+        import os
+
+        from xmppjson.service import CollectorService
+
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.patch(os, "environ", {**os.environ, "XMPPJSON_GC": "off"})
+        reactor = MemoryReactorClock()
+        collector = CollectorService(reactor)
+        collector.startService()
+        self.assertEqual(gc.get_threshold(), before)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        collector.stopService()
+        self.assertEqual(gc.get_threshold(), before)
+
     def test_stoppedBeforeTheFreeze(self) -> None:
         import gc
 

@@ -9,6 +9,7 @@ starts the store and the listeners.  Tests build the same objects on memory tran
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any
 
 from twisted.application import internet, service
@@ -137,6 +138,9 @@ class CollectorService(service.Service):
     120-140 ms, and 8-25 % more messages per CPU-second (4 of 4 alternating rounds,
     docs/performance.md).  The young generation holds at most C{thresholds[0]} objects more
     before a collection: a few MB.
+
+    C{XMPPJSON_GC=off} in the environment leaves the collector as Python sets it (for
+    measuring the difference: C{bench/run.py} passes its environment to the server).
     """
 
     name = "collector"
@@ -149,6 +153,8 @@ class CollectorService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        if os.environ.get("XMPPJSON_GC", "").lower() == "off":
+            return
         self._saved = gc.get_threshold()
         gc.set_threshold(*self.thresholds)
         # Once the reactor runs, what start-up built (modules, the service tree) is there for
@@ -160,8 +166,8 @@ class CollectorService(service.Service):
         if self._freeze is not None and self._freeze.active():
             self._freeze.cancel()
         self._freeze = None
-        gc.unfreeze()
         if self._saved is not None:
+            gc.unfreeze()
             gc.set_threshold(*self._saved)
             self._saved = None
 
