@@ -315,9 +315,9 @@ class JSONDoorTests(unittest.TestCase):
         load = web.im.rosters.load
         gate: defer.Deferred[None] = defer.Deferred()
 
-        async def slowLoad(localpart: str) -> Any:
+        async def slowLoad(localpart: str, state: Any = None) -> Any:
             await gate
-            return await load(localpart)
+            return await load(localpart, state)
 
         web.im.rosters.load = slowLoad
 

@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from xmppjson.im.stanzas import NS_DELAY, NS_ROSTER, NS_SID, firstChild
+from xmppjson.storage import RosterItem
 from tests.imhelpers import CoreFixture, parse, settle, until
 
 
@@ -519,3 +520,31 @@ class StanzaIdTests(unittest.TestCase):
         self.assertEqual(b"".join(taken), pool._bytes)
         self.assertEqual(len(pool.take(_RandomPool.SIZE + 1)), _RandomPool.SIZE + 1)
         self.assertEqual(len(pool.take(7)), 7)
+
+
+class SessionOpenTests(unittest.TestCase):
+    @_d
+    async def test_firstSessionReadsItsStateOnce(self):
+        """
+        A user's first session reads roster, blocklist and profile in one store call; a second
+        session of the same user reads nothing (the caches are warm).
+        """
+        core = await CoreFixture(self).start("alicja", "szymon")
+        await core.store.setRosterItem("alicja", RosterItem("szymon@localhost", subscription="both"))
+        await core.store.addToBlocklist("alicja", ["spam@localhost"])
+        calls: list[str] = []
+        for name in ("getSessionState", "getRoster", "getBlocklist", "getProfile"):
+            original = getattr(core.store, name)
+
+            def spy(*args, _name=name, _original=original):
+                calls.append(_name)
+                return _original(*args)
+
+            self.patch(core.store, name, spy)
+        await core.connect("alicja@localhost/a")
+        self.assertEqual(calls, ["getSessionState"])
+        self.assertIn("szymon@localhost", core.im.rosters.cached("alicja"))
+        self.assertTrue(core.im.blocking.isCached("alicja"))
+        self.assertTrue(core.im.vcards.isCached("alicja"))
+        await core.connect("alicja@localhost/b")
+        self.assertEqual(calls, ["getSessionState"])

@@ -914,6 +914,28 @@ class StoreTestsMixin(_MixinBase):
 
     # ---- blocklist (XEP-0191) ------------------------------------------------------------
 
+    async def test_sessionState(self) -> None:
+        """One read gives what the three getters give, for a user with and without data."""
+        from xmppjson.storage import SessionState
+
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        await self.store.setRosterItem("alice", RosterItem("bob@localhost", name="Bob",
+                                                           subscription="both", groups=["g"]))
+        await self.store.addToBlocklist("alice", ["zed@localhost"])
+        await self.store.updateProfile("alice", {"city": "Kraków"})
+        for user in ("alice", "bob"):
+            state = await self.store.getSessionState(user)
+            self.assertIsInstance(state, SessionState)
+            self.assertEqual(state, SessionState(await self.store.getRoster(user),
+                                                 await self.store.getBlocklist(user),
+                                                 await self.store.getProfile(user)))
+        state = await self.store.getSessionState("alice")
+        self.assertEqual([i.jid for i in state.roster], ["bob@localhost"])
+        self.assertEqual(state.blocklist, ["zed@localhost"])
+        self.assertEqual(state.profile["city"], "Kraków")
+        self.assertEqual(await self.store.getSessionState("nobody"), SessionState([], [], None))
+
     async def test_blocklist(self) -> None:
         await self.store.createUser("alice", CREDS)
         await self.store.createUser("bob", CREDS)

@@ -43,6 +43,7 @@ from xmppjson.im.stanzas import (
     retarget,
     tryJID,
 )
+from xmppjson.storage import SessionState
 
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
@@ -114,11 +115,21 @@ class Blocking:
         """Whether any cached user blocks anything (else every check is trivially false)."""
         return bool(self._lists)
 
-    async def load(self, localpart: str) -> None:
-        """Cache a user's blocklist (when a session opens); a no-op when it is cached."""
+    def isCached(self, localpart: str) -> bool:
+        return localpart in self._loaded
+
+    async def load(self, localpart: str, state: SessionState | None = None) -> None:
+        """
+        Cache a user's blocklist (when a session opens); a no-op when it is cached.
+
+        @param state: what L{IStore.getSessionState} read, if it was; else the list is read.
+        """
         if localpart in self._loaded:
             return
-        items = await self.store.getBlocklist(localpart)
+        if state is not None:
+            items = state.blocklist
+        else:
+            items = await self.store.getBlocklist(localpart)
         # Another session of the same user may have loaded it meanwhile, and changed it since:
         # the cached copy is then the newer one.
         if localpart not in self._loaded:

@@ -18,7 +18,7 @@ from twisted.words.xish import domish
 
 from xmppjson.error import BadRequest, NotFound
 from xmppjson.im.stanzas import NS_CLIENT, NS_ROSTER, iqResult, tryJID
-from xmppjson.storage import RosterItem
+from xmppjson.storage import RosterItem, SessionState
 
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
@@ -110,9 +110,15 @@ class RosterManager:
     def cached(self, localpart: str) -> Optional[Roster]:
         return self._cache.get(localpart)
 
-    async def load(self, localpart: str) -> Roster:
+    def isCached(self, localpart: str) -> bool:
+        """Whether the user's roster is in the cache, or being read into it."""
+        return localpart in self._cache or localpart in self._loading
+
+    async def load(self, localpart: str, state: SessionState | None = None) -> Roster:
         """
         Load a user's roster into the cache (at session start); concurrent loads share one query.
+
+        @param state: what L{IStore.getSessionState} read, if it was; else the roster is read.
         """
         roster = self._cache.get(localpart)
         if roster is not None:
@@ -122,6 +128,9 @@ class RosterManager:
             waiter: defer.Deferred[Roster] = defer.Deferred()
             waiters.append(waiter)
             return await waiter
+        if state is not None:
+            roster = self._cache[localpart] = {item.jid: item for item in state.roster}
+            return roster
         self._loading[localpart] = waiters = []
         try:
             roster = await self._fetch(localpart)

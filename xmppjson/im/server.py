@@ -143,11 +143,16 @@ class IMServer:
         localpart = session.localpart
         self._opening[localpart] = self._opening.get(localpart, 0) + 1
         try:
-            # The per-user caches a live session needs, read in parallel: one round trip's wait.
+            # The per-user caches a live session needs: read at once when none is there (the
+            # user's first session), else each one that is missing.
+            state = None
+            if not (self.rosters.isCached(localpart) or self.blocking.isCached(localpart)
+                    or self.vcards.isCached(localpart)):
+                state = await self.store.getSessionState(localpart)
             loads: list[defer.Deferred[Any]] = [
-                defer.Deferred.fromCoroutine(self.rosters.load(localpart)),
-                defer.Deferred.fromCoroutine(self.blocking.load(localpart)),
-                defer.Deferred.fromCoroutine(self.vcards.load(localpart)),
+                defer.Deferred.fromCoroutine(self.rosters.load(localpart, state)),
+                defer.Deferred.fromCoroutine(self.blocking.load(localpart, state)),
+                defer.Deferred.fromCoroutine(self.vcards.load(localpart, state)),
             ]
             await defer.gatherResults(loads, consumeErrors=True)
         except defer.FirstError as e:

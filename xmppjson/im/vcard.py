@@ -31,7 +31,7 @@ from twisted.words.xish import domish
 
 from xmppjson.error import BadRequest, Forbidden, NotFound, ServiceUnavailable
 from xmppjson.im.stanzas import iqResult, tryJID
-from xmppjson.storage import PROFILE_FIELDS
+from xmppjson.storage import PROFILE_FIELDS, SessionState
 
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
@@ -290,11 +290,21 @@ class VCards:
 
     # the avatar hash cache ---------------------------------------------------
 
-    async def load(self, localpart: str) -> None:
-        """Cache a user's avatar hash (when a session opens); a no-op when it is cached."""
+    def isCached(self, localpart: str) -> bool:
+        return localpart in self._hashes
+
+    async def load(self, localpart: str, state: SessionState | None = None) -> None:
+        """
+        Cache a user's avatar hash (when a session opens); a no-op when it is cached.
+
+        @param state: what L{IStore.getSessionState} read, if it was; else the profile is read.
+        """
         if localpart in self._hashes:
             return
-        profile = await self.store.getProfile(localpart)
+        if state is not None:
+            profile = state.profile
+        else:
+            profile = await self.store.getProfile(localpart)
         if localpart not in self._hashes:
             self._hashes[localpart] = avatarHash(profile.get("avatar") if profile else None)
 

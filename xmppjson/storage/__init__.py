@@ -124,6 +124,15 @@ class OfflineMessage:
     xml: str
 
 
+class SessionState(NamedTuple):
+    """L{IStore.getSessionState}: what L{IStore.getRoster}, L{IStore.getBlocklist} and
+    L{IStore.getProfile} would give."""
+
+    roster: list[RosterItem]
+    blocklist: list[str]
+    profile: dict[str, Any] | None
+
+
 class IStore(Interface):
     """
     The database of xmppjson.  Localparts given to it are already nodeprep-normalised.
@@ -202,6 +211,13 @@ class IStore(Interface):
 
     def purgeExpiredTokens(now: datetime.datetime) -> Any:
         """Delete expired tokens; fires with how many."""
+
+    def getSessionState(localpart: str) -> Any:
+        """
+        Fire with L{SessionState}: what a session needs when it opens (the roster, the
+        blocklist, the profile; each as its own getter gives it), read at once: one round trip
+        to the database thread on SQLite, three queries in parallel on PostgreSQL.
+        """
 
     # roster
     def getRoster(localpart: str) -> Any:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -53,6 +53,7 @@ from xmppjson.storage import (
     OfflineMessage,
     RosterItem,
     ScramKeys,
+    SessionState,
     UnknownArchiveId,
     UnknownUser,
     UserExists,
@@ -559,11 +560,14 @@ class SQLStore:
         UTC datetime or C{None}), C{presence} and C{status} (C{""} when unset); or C{None} for an
         unknown user.
         """
-        columns = ", ".join(PROFILE_FIELDS)
-        rows = await self._fetch(
-            f"SELECT {columns}, last_seen, presence, status FROM users WHERE localpart = %s",
-            (localpart,),
-        )
+        return self._profile(await self._fetch(self._PROFILE_SELECT, (localpart,)))
+
+    _PROFILE_SELECT = (
+        f"SELECT {', '.join(PROFILE_FIELDS)}, last_seen, presence, status FROM users"
+        " WHERE localpart = %s"
+    )
+
+    def _profile(self, rows: Rows) -> dict[str, Any] | None:
         if not rows:
             return None
         row = rows[0]
@@ -671,11 +675,15 @@ class SQLStore:
     @_deferred
     async def getRoster(self, localpart: str) -> list[RosterItem]:
         """Fire with the user's roster items (including C{inRoster=False} ones), by JID."""
-        rows = await self._fetch(
-            "SELECT contact, name, subscription, ask_out, pending_in, approved, in_roster,"
-            " groups_json FROM roster WHERE localpart = %s ORDER BY contact",
-            (localpart,),
-        )
+        return self._rosterItems(await self._fetch(self._ROSTER_SELECT, (localpart,)))
+
+    _ROSTER_SELECT = (
+        "SELECT contact, name, subscription, ask_out, pending_in, approved, in_roster,"
+        " groups_json FROM roster WHERE localpart = %s ORDER BY contact"
+    )
+
+    @staticmethod
+    def _rosterItems(rows: Rows) -> list[RosterItem]:
         return [
             RosterItem(
                 jid=contact,
@@ -1029,10 +1037,30 @@ class SQLStore:
     @_deferred
     async def getBlocklist(self, localpart: str) -> list[str]:
         """Fire with the JIDs the user blocks, sorted (C{[]} for an unknown user)."""
-        rows = await self._fetch(
-            "SELECT jid FROM blocklist WHERE localpart = %s ORDER BY jid", (localpart,)
-        )
+        rows = await self._fetch(self._BLOCKLIST_SELECT, (localpart,))
         return [jid for (jid,) in rows]
+
+    _BLOCKLIST_SELECT = "SELECT jid FROM blocklist WHERE localpart = %s ORDER BY jid"
+
+    @_deferred
+    async def getSessionState(self, localpart: str) -> SessionState:
+        """What a session needs when it opens, in one L{_fetchMany} (see L{IStore})."""
+        roster, blocklist, profile = await self._guarded(self._runFetchMany, [
+            (self._ROSTER_SELECT, (localpart,)),
+            (self._BLOCKLIST_SELECT, (localpart,)),
+            (self._PROFILE_SELECT, (localpart,)),
+        ])
+        return SessionState(self._rosterItems(roster), [jid for (jid,) in blocklist],
+                            self._profile(profile))
+
+    def _runFetchMany(self, statements: list[Statement]) -> Deferred[list[Rows]]:
+        """
+        Run several reads (no transaction needed) and fire with the rows of each: here, all
+        at once; a backend for which one round trip is cheaper overrides this (SQLite).
+        """
+        return gatherResults(
+            [self._runFetch(sql, params) for sql, params in statements], consumeErrors=True
+        ).addErrback(lambda f: f.value.subFailure)
 
     @_deferred
     async def addToBlocklist(self, localpart: str, jids: list[str]) -> list[str]:

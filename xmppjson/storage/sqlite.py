@@ -109,6 +109,11 @@ def _fetchStep(cursor: Any, sql: str, params: Params) -> Rows:
     return _rows(cursor)
 
 
+def _fetchManyInteraction(cursor: Any, statements: list[Statement]) -> list[Rows]:
+    """Several reads in one trip to the connection's thread (no transaction: reads only)."""
+    return [_fetchStep(cursor, _qmark(sql), params) for sql, params in statements]
+
+
 def _countStep(cursor: Any, sql: str, params: Params) -> int:
     cursor.execute(sql, tuple(params))
     return int(cursor.rowcount)
@@ -185,6 +190,12 @@ class SQLiteStore(SQLStore):
     def _runBatch(self, statements: list[Statement]) -> Deferred[list[Rows]]:
         assert self._pool is not None
         return self._pool.runInteraction(_batchInteraction, statements)
+
+    def _runFetchMany(self, statements: list[Statement]) -> Deferred[list[Rows]]:
+        # One trip to the connection's thread for all of them: a trip costs about 0.2 ms of
+        # CPU (waking the thread, then the reactor), more than a small read.
+        assert self._pool is not None
+        return self._pool.runInteraction(_fetchManyInteraction, statements)
 
     def _runCounted(self, statements: list[Statement]) -> Deferred[list[int]]:
         assert self._pool is not None
