@@ -60,7 +60,7 @@ from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
-from xmppjson.c2s.stream import serialize
+from xmppjson.xmltext import serialize
 from xmppjson.config import Config
 from xmppjson.im.stanzas import NS_CLIENT, errorReply, hasBody, parseJID
 from xmppjson.router import Router

@@ -147,12 +147,7 @@ class WebSocketSession(Session):
         except Exception:
             protocol.logger.failure("Cannot translate a {name} for {s}", name=element.name, s=self)
             return
-        if protocol.send_queue or protocol.logFrames or protocol._perMessageCompress is not None:
-            protocol.sendMessage(payload, False)
-            return
-        # StreamProtocol.sendText, inlined: a presence broadcast calls this once per contact.
-        n = len(payload)
-        protocol.transport.write((_TEXT_HEADERS[n] if n < 126 else _frameHeader(1, n)) + payload)
+        protocol.sendMessage(payload, False)
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         self.protocol.closeWith(condition, text)
@@ -291,15 +286,8 @@ class StreamProtocol(WebSocketServerProtocol):
         return super().processData()
 
     def sendText(self, text: str) -> None:
-        """Send C{text} as one text frame (L{sendMessage}'s direct path, inlined)."""
-        payload = text.encode("utf-8")
-        if (
-            self.state != _STATE_OPEN or self.send_queue or self.logFrames
-            or self._perMessageCompress is not None
-        ):
-            super().sendMessage(payload, False)
-            return
-        self.transport.write(_frameHeader(1, len(payload)) + payload)
+        """Send C{text} as one text frame."""
+        self.sendMessage(text.encode("utf-8"), False)
 
     def sendMessage(self, payload: bytes, isBinary: bool = False, fragmentSize: Optional[int] = None,
                     sync: bool = False, doNotCompress: bool = False) -> None:
@@ -314,7 +302,11 @@ class StreamProtocol(WebSocketServerProtocol):
         ):
             super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
-        self.transport.write(_frameHeader(2 if isBinary else 1, len(payload)) + payload)
+        n = len(payload)
+        if n < 126 and not isBinary:
+            self.transport.write(_TEXT_HEADERS[n] + payload)
+        else:
+            self.transport.write(_frameHeader(2 if isBinary else 1, n) + payload)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         """

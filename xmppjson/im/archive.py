@@ -29,7 +29,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from xmppjson.c2s.stream import serialize
+from xmppjson.xmltext import serialize
 from xmppjson.error import BadRequest, StoreUnavailable, XMPPJSONError
 from xmppjson.im.stanzas import (
     NS_CLIENT,
@@ -402,7 +402,7 @@ class Archive:
         Whether a queued message is archived, and how: its archive id (the stanza-id by
         C{bare}) and the XML of the copy to store; C{None} when it is not archived (no body or
         subject in C{jabber:client}, a XEP-0334 no-store hint, no stanza-id).  The XML is
-        the c2s door's serialisation (L{serialize}: C{jabber:client} implied, as
+        the serialisation of L{xmppjson.xmltext} (L{serialize}: C{jabber:client} implied, as
         L{parseStanza} reads it back), about twice as fast as domish's C{toXml}.
 
         The copy is the message as routed, without what only this server adds: its stanza-ids
