@@ -160,3 +160,85 @@ class RestClient:
 
     def patch(self, path: str, **kw: Any) -> Any:
         return self.request("PATCH", path, **kw)
+
+
+@dataclass
+class LoopbackC2S:
+    """The XMPP door of L{startLoopbackC2S}: its parts, and the port it listens on."""
+
+    config: Config
+    store: Any
+    accounts: Any
+    im: Any
+    factory: Any
+    port: int
+
+
+async def startLoopbackC2S(
+    testCase: unittest.TestCase, directTLS: bool = False, **configArgs: Any
+) -> LoopbackC2S:
+    """
+    The c2s door on 127.0.0.1 (a free port), on a fresh SQLite file and the real reactor, with
+    users C{alice} (C{wonderland1}) and C{bob} (C{builder123}); stopped at the test's cleanup.
+    For the end-to-end tests that run real clients in another process.
+    """
+    import os
+
+    from twisted.internet import endpoints
+
+    from xmppjson.accounts import Accounts
+    from xmppjson.c2s.stream import makeC2SFactory
+    from xmppjson.im.server import IMServer
+    from xmppjson.storage import openStore
+
+    directory = os.path.abspath(testCase.mktemp())
+    os.makedirs(directory)
+    config = Config(domain=DOMAIN, db=f"sqlite:{os.path.join(directory, 'xmppjson.sqlite3')}",
+                    **configArgs)
+    reactor = realReactor()
+    store = openStore(config.db, reactor)
+    await store.start()
+    accounts = Accounts(config, store, reactor)
+    im = IMServer(config, store, reactor)
+    factory = makeC2SFactory(config, accounts, im, reactor)
+    endpoint = "tcp:0:interface=127.0.0.1"
+    if directTLS:
+        assert factory.tls is not None
+        endpoint = f"ssl:0:interface=127.0.0.1:privateKey={factory.tls.certificatePath}"
+    listening = await endpoints.serverFromString(reactor, endpoint).listen(factory)
+
+    async def stop() -> None:
+        await listening.stopListening()
+        for stream in list(factory.streams):
+            stream.transport.abortConnection()
+        await im.shutdown()
+        # Let the aborted connections report their loss before the store goes away.
+        await task.deferLater(reactor, 0.05, lambda: None)
+        await store.close()
+
+    testCase.addCleanup(stop)
+    await accounts.register("alice", "wonderland1")
+    await accounts.register("bob", "builder123")
+    return LoopbackC2S(config, store, accounts, im, factory, listening.getHost().port)
+
+
+async def runJSONScript(
+    testCase: unittest.TestCase, script: str, *args: str
+) -> tuple[dict[str, Any], str]:
+    """
+    Run a client script (C{tests/slixmpp_*.py}) with this interpreter and read the JSON object
+    it prints last; fail the test when there is none.  Returns it and the end of its stderr.
+    """
+    import os
+    import sys
+
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    out, err, code = await getProcessOutputAndValue(
+        sys.executable, [script, *args], env=dict(os.environ), reactor=realReactor()
+    )
+    try:
+        result: dict[str, Any] = jsonlib.loads(out.decode("utf-8").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        testCase.fail(f"client printed no JSON (exit {code}):\n{out!r}\n{err.decode()[-3000:]}")
+    return result, err.decode("utf-8", "replace")[-3000:]

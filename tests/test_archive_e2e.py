@@ -6,20 +6,13 @@ trial reactor, with the real core on a temporary SQLite file.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import Any
 
-from twisted.internet import endpoints, task
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from xmppjson.accounts import Accounts
-from xmppjson.c2s.stream import makeC2SFactory
-from xmppjson.config import Config
-from xmppjson.im.server import IMServer
-from xmppjson.storage import openStore
+from tests.helpers import runJSONScript, startLoopbackC2S
+
 
 CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slixmpp_mam.py")
 
@@ -39,56 +32,18 @@ class ArchiveEndToEndTests(unittest.TestCase):
 
     timeout = 90
 
-    def reactor(self) -> Any:
-        from twisted.internet import reactor
-
-        return reactor
-
     async def startServer(self) -> None:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        config = Config(
-            domain="localhost",
-            db=f"sqlite:{os.path.join(directory, 'xmppjson.sqlite3')}",
-            allowPlaintext=True,
-        )
-        reactor = self.reactor()
-        store = openStore(config.db, reactor)
-        await store.start()
-        accounts = Accounts(config, store, reactor)
-        self.im = IMServer(config, store, reactor)
-        factory = makeC2SFactory(config, accounts, self.im, reactor)
-        port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-            factory)
-        self.port = port.getHost().port
-
-        async def stop() -> None:
-            await port.stopListening()
-            for stream in list(factory.streams):
-                stream.transport.abortConnection()
-            await self.im.shutdown()
-            await task.deferLater(reactor, 0.05, lambda: None)
-            await store.close()
-
-        self.addCleanup(stop)
-        await accounts.register("alice", "wonderland1")
-        await accounts.register("bob", "builder123")
+        server = await startLoopbackC2S(self, allowPlaintext=True)
+        self.im, self.port = server.im, server.port
 
     async def runClient(self, *extra: str) -> dict[str, Any]:
-        args = [
-            CLIENT, "--port", str(self.port),
+        result, err = await runJSONScript(
+            self, CLIENT, "--port", str(self.port),
             "--sender", "alice@localhost/rabbit-hole", "--sender-password", "wonderland1",
             "--receiver", "bob@localhost/site", "--receiver-password", "builder123",
             *extra,
-        ]
-        out, err, code = await getProcessOutputAndValue(
-            sys.executable, args, env=dict(os.environ), reactor=self.reactor()
         )
-        try:
-            result: dict[str, Any] = json.loads(out.decode("utf-8").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            self.fail(f"client printed no JSON (exit {code}):\n{out!r}\n{err.decode()[-3000:]}")
-        self.assertTrue(result["ok"], f"{result}\n{err.decode('utf-8', 'replace')[-3000:]}")
+        self.assertTrue(result["ok"], f"{result}\n{err}")
         return result
 
     async def test_chatThenQueryOwnArchive(self) -> None:

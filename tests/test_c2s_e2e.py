@@ -9,20 +9,14 @@ and reports what happened as JSON on stdout.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import Any
 
-from twisted.internet import endpoints, task
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from xmppjson.accounts import Accounts
-from xmppjson.c2s.stream import C2SFactory, makeC2SFactory
-from xmppjson.config import Config
-from xmppjson.im.server import IMServer
-from xmppjson.storage import openStore
+from tests.helpers import runJSONScript, startLoopbackC2S
+
+from xmppjson.c2s.stream import C2SFactory
 
 CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slixmpp_client.py")
 
@@ -42,45 +36,11 @@ class C2SEndToEndTests(unittest.TestCase):
 
     timeout = 60
 
-    def reactor(self) -> Any:
-        from twisted.internet import reactor
-
-        return reactor
-
     async def startServer(self, directTLS: bool = False, **configArgs: Any) -> C2SFactory:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        self.config = Config(
-            domain="localhost",
-            db=f"sqlite:{os.path.join(directory, 'xmppjson.sqlite3')}",
-            **configArgs,
-        )
-        reactor = self.reactor()
-        store = openStore(self.config.db, reactor)
-        await store.start()
-        self.accounts = Accounts(self.config, store, reactor)
-        self.im = IMServer(self.config, store, reactor)
-        factory = makeC2SFactory(self.config, self.accounts, self.im, reactor)
-        endpoint = "tcp:0:interface=127.0.0.1"
-        if directTLS:
-            assert factory.tls is not None
-            endpoint = f"ssl:0:interface=127.0.0.1:privateKey={factory.tls.certificatePath}"
-        port = await endpoints.serverFromString(reactor, endpoint).listen(factory)
-        self.port = port.getHost().port
-
-        async def stop() -> None:
-            await port.stopListening()
-            for stream in list(factory.streams):
-                stream.transport.abortConnection()
-            await self.im.shutdown()
-            # Let the aborted connections report their loss before the store goes away.
-            await task.deferLater(reactor, 0.05, lambda: None)
-            await store.close()
-
-        self.addCleanup(stop)
-        await self.accounts.register("alice", "wonderland1")
-        await self.accounts.register("bob", "builder123")
-        return factory
+        server = await startLoopbackC2S(self, directTLS, **configArgs)
+        self.config, self.accounts, self.im, self.port = (
+            server.config, server.accounts, server.im, server.port)
+        return server.factory
 
     async def runClient(
         self,
@@ -89,32 +49,13 @@ class C2SEndToEndTests(unittest.TestCase):
         sender: str = "alice@localhost/rabbit-hole",
         senderPassword: str = "wonderland1",
     ) -> dict[str, Any]:
-        args = [
-            CLIENT,
-            "--port",
-            str(self.port),
-            "--domain",
-            "localhost",
-            "--sender",
-            sender,
-            "--sender-password",
-            senderPassword,
-            "--receiver",
-            "bob@localhost/site",
-            "--receiver-password",
-            bobPassword,
-            "--timeout",
-            "12",
-            *extra,
-        ]
-        out, err, code = await getProcessOutputAndValue(
-            sys.executable, args, env=dict(os.environ), reactor=self.reactor()
+        result, err = await runJSONScript(
+            self, CLIENT, "--port", str(self.port), "--domain", "localhost",
+            "--sender", sender, "--sender-password", senderPassword,
+            "--receiver", "bob@localhost/site", "--receiver-password", bobPassword,
+            "--timeout", "12", *extra,
         )
-        try:
-            result: dict[str, Any] = json.loads(out.decode("utf-8").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            self.fail(f"client printed no JSON (exit {code}):\n{out!r}\n{err.decode()[-3000:]}")
-        result["_stderr"] = err.decode("utf-8", "replace")[-3000:]
+        result["_stderr"] = err
         return result
 
     def assertDelivered(self, result: dict[str, Any]) -> None:

@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
-import sys
 from typing import Any
 
-from twisted.internet import endpoints, task
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from xmppjson.accounts import Accounts
-from xmppjson.c2s.stream import makeC2SFactory
-from xmppjson.config import Config
-from xmppjson.im.server import IMServer
-from xmppjson.storage import RosterItem, openStore
+from tests.helpers import runJSONScript, startLoopbackC2S
+
+from xmppjson.storage import RosterItem
 
 CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slixmpp_features.py")
 AVATAR = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
@@ -48,55 +42,19 @@ class FeaturesEndToEndTests(unittest.TestCase):
 
     timeout = 90
 
-    def reactor(self) -> Any:
-        from twisted.internet import reactor
-
-        return reactor
-
     async def startServer(self) -> None:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        config = Config(
-            domain="localhost",
-            db=f"sqlite:{os.path.join(directory, 'xmppjson.sqlite3')}",
-            allowPlaintext=True,
-        )
-        reactor = self.reactor()
-        self.store = store = openStore(config.db, reactor)
-        await store.start()
-        accounts = Accounts(config, store, reactor)
-        self.im = IMServer(config, store, reactor)
-        factory = makeC2SFactory(config, accounts, self.im, reactor)
-        port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
-        self.port = port.getHost().port
-
-        async def stop() -> None:
-            await port.stopListening()
-            for stream in list(factory.streams):
-                stream.transport.abortConnection()
-            await self.im.shutdown()
-            await task.deferLater(reactor, 0.05, lambda: None)
-            await store.close()
-
-        self.addCleanup(stop)
-        await accounts.register("alice", "wonderland1")
-        await accounts.register("bob", "builder123")
+        server = await startLoopbackC2S(self, allowPlaintext=True)
+        self.im, self.store, self.port = server.im, server.store, server.port
         # Mutual contacts: bob may see alice's presence and last activity.
-        await store.setRosterItem("alice", RosterItem(jid="bob@localhost", subscription="both"))
-        await store.setRosterItem("bob", RosterItem(jid="alice@localhost", subscription="both"))
+        await self.store.setRosterItem("alice", RosterItem(jid="bob@localhost", subscription="both"))
+        await self.store.setRosterItem("bob", RosterItem(jid="alice@localhost", subscription="both"))
 
     async def runClient(self) -> dict[str, Any]:
-        args = [CLIENT, "--port", str(self.port), "--domain", "localhost",
-                "--alice-password", "wonderland1", "--bob-password", "builder123",
-                "--timeout", "60"]
-        out, err, code = await getProcessOutputAndValue(
-            sys.executable, args, env=dict(os.environ), reactor=self.reactor()
+        result, err = await runJSONScript(
+            self, CLIENT, "--port", str(self.port), "--domain", "localhost",
+            "--alice-password", "wonderland1", "--bob-password", "builder123", "--timeout", "60",
         )
-        try:
-            result: dict[str, Any] = json.loads(out.decode("utf-8").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            self.fail(f"client printed no JSON (exit {code}):\n{out!r}\n{err.decode()[-3000:]}")
-        result["_stderr"] = err.decode("utf-8", "replace")[-3000:]
+        result["_stderr"] = err
         return result
 
     async def test_everyFeatureWithSlixmpp(self) -> None:
