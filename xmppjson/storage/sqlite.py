@@ -15,7 +15,6 @@ transaction, and a migration must be all or nothing.
 from __future__ import annotations
 
 import datetime
-import json
 import sqlite3
 from functools import lru_cache
 from typing import Any
@@ -46,6 +45,19 @@ _CHECKPOINT_PAGES = 10000
 
 # How long a statement waits for another process's write lock before failing (seconds).
 _BUSY_TIMEOUT = 5.0
+
+
+# Rows per multi-row INSERT statement (L{SQLiteStore._insertMany}), largest first: a batch of
+# any size is cut into these, so that few statement texts exist.  1024 rows of 10 columns bind
+# 10240 parameters, below SQLite's limit (32766 since 3.32).
+_VALUES_ROWS = (1024, 256, 64, 16, 4, 1)
+
+
+@lru_cache(maxsize=64)
+def _valuesStatement(head: str, width: int, rows: int, tail: str) -> str:
+    """C{head VALUES (?, ...), ... tail} for C{rows} rows of C{width} values, in C{%s} style."""
+    row = "(" + ", ".join(["%s"] * width) + ")"
+    return f"{head} VALUES {', '.join([row] * rows)} {tail}"
 
 
 @lru_cache(maxsize=512)
@@ -204,18 +216,29 @@ class SQLiteStore(SQLStore):
     def _insertMany(self, head: str, types: tuple[str, ...], rows: list[tuple[Any, ...]],
                     tail: str) -> list[Statement]:
         """
-        All the rows in one statement with one parameter, the rows as a JSON array that
-        SQLite reads with C{json_each}.  A statement stepped once per row (C{executemany})
-        costs a little less CPU, but Python's sqlite3 releases the GIL around every step and
-        must take it back for the next row: while the reactor thread is busy that wait is up
-        to the interpreter's switch interval (5 ms) per row, and a batch of 1000 archived
-        messages took 0.4-0.7 s instead of 7 ms, so the archive fell behind under load.  One
-        step per batch takes the GIL back once.  (The C{WHERE} is SQLite's rule for an upsert
-        on C{INSERT ... SELECT}.)
+        The rows in a few multi-row C{VALUES} statements, their sizes taken from
+        L{_VALUES_ROWS} so that a handful of statement texts serve every batch (sqlite3 keeps
+        them compiled).  A statement stepped once per row (C{executemany}) would make Python's
+        sqlite3 release the GIL around every step and take it back for the next row: while
+        the reactor thread is busy that wait is up to the interpreter's switch interval (5 ms)
+        per row, and a batch of 1000 archived messages took 0.4-0.7 s instead of 7 ms.  Here a
+        statement is stepped once for hundreds of rows.  (Rows passed as one JSON parameter
+        read back with C{json_each} cost twice the CPU per row: every C{json_extract} parses
+        the row's text again; docs/performance.md, "Archive write cost".)
         """
-        columns = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(types)))
-        sql = f"{head} SELECT {columns} FROM json_each(%s) WHERE true {tail}"
-        return [(sql, [json.dumps(rows)])]
+        statements: list[Statement] = []
+        width = len(types)
+        start = 0
+        left = len(rows)
+        for size in _VALUES_ROWS:
+            while left >= size:
+                chunk = rows[start:start + size]
+                statements.append(
+                    (_valuesStatement(head, width, size, tail), [v for row in chunk for v in row])
+                )
+                start += size
+                left -= size
+        return statements
 
     def _classify(self, failure: Failure) -> str | None:
         if failure.check(sqlite3.IntegrityError):
