@@ -8,16 +8,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import sys
 import threading
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scramp import ScramClient, ScramException, ScramMechanism
+from scramp.utils import saslprep
 from twisted.internet import task
 from twisted.trial import unittest
+from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from tests.helpers import makeConfig, makeStore, realReactor, startedStore
 from xmppjson import scram
-from xmppjson.accounts import MAX_TOKEN_LENGTH, PURGE_INTERVAL, Accounts, hashToken
+from xmppjson.accounts import (
+    MAX_TOKEN_LENGTH,
+    PURGE_INTERVAL,
+    Accounts,
+    hashToken,
+    saslprepPassword,
+)
 from xmppjson.error import (
     Conflict,
     Forbidden,
@@ -111,6 +122,43 @@ class ScramDerivationTests(unittest.TestCase):
             self.assertTrue(scram.verifyPassword(mechanism, keys, "secret"))
             self.assertFalse(scram.verifyPassword(mechanism, keys, "Secret"))
 
+    def test_pbkdf2SameAsHashlib(self) -> None:
+        """
+        Whichever PBKDF2 implementation is in use (C{cryptography}'s when installed), it
+        computes exactly what C{hashlib.pbkdf2_hmac} computes.
+        """
+        cases = [("", b"", 1), ("pencil", b"salt", 2), ("p\u00e9ncil " * 40, b"\x00" * 16, 4096)]
+        for mechanism, hashName in scram.MECHANISMS.items():
+            for password, salt, iterations in cases:
+                self.assertEqual(
+                    scram.saltedPassword(mechanism, password, salt, iterations),
+                    hashlib.pbkdf2_hmac(hashName, password.encode("utf-8"), salt, iterations),
+                )
+
+    def test_pbkdf2WithoutCryptography(self) -> None:
+        """Without C{cryptography}, PBKDF2 comes from C{hashlib}."""
+        name = "cryptography.hazmat.primitives.kdf.pbkdf2"
+        saved = sys.modules.get(name)
+        sys.modules[name] = None  # type: ignore[assignment]
+        try:
+            self.assertIsNone(scram._cryptographyPBKDF2())
+        finally:
+            if saved is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = saved
+
+    def test_pbkdf2RefusedHash(self) -> None:
+        """A C{cryptography} that refuses a hash (a FIPS build and SHA-1) is not used."""
+        from cryptography.hazmat.primitives.kdf import pbkdf2
+
+        class Refusing:
+            def __init__(self, *args: Any) -> None:
+                raise ValueError("not in FIPS mode")
+
+        self.patch(pbkdf2, "PBKDF2HMAC", Refusing)
+        self.assertIsNone(scram._cryptographyPBKDF2())
+
     def test_unknownMechanism(self) -> None:
         self.assertRaises(ValueError, scram.deriveKeys, "SCRAM-MD5", "x", 1)
         self.assertRaises(ValueError, scram.deriveKeys, "SCRAM-SHA-1", "x", 0)
@@ -143,6 +191,49 @@ class NameTests(unittest.TestCase):
         self.assertIn("1023 bytes", e.errors[0]["message"])
         # bytes, not characters: 512 two-byte letters are 1024 bytes
         self.assertRaises(Unprocessable, self.accounts.nodeprep, "ł" * 512)
+
+    def _fullNodeprep(self, localpart: str) -> str | None:
+        try:
+            prepared = nodeprep.prepare(localpart)
+        except UnicodeError:
+            return None
+        if not prepared or len(prepared.encode("utf-8")) > 1023:
+            return None
+        return prepared
+
+    def _ours(self, localpart: str) -> str | None:
+        try:
+            return self.accounts.nodeprep(localpart)
+        except Unprocessable:
+            return None
+
+    def test_asciiLikeStringprep(self) -> None:
+        """
+        Every ASCII character, alone and between letters of either case, is prepared (or
+        refused) exactly as the full nodeprep profile does: the ASCII shortcut changes nothing.
+        """
+        for code in range(128):
+            for text in (chr(code), f"Ab{chr(code)}cD", f"{chr(code)}x", f"x{chr(code)}"):
+                self.assertEqual(self._ours(text), self._fullNodeprep(text), repr(text))
+
+    @given(st.text(alphabet=st.characters(max_codepoint=0x17F), max_size=20))
+    @settings(max_examples=300, deadline=None)
+    def test_likeStringprep(self, text: str) -> None:
+        self.assertEqual(self._ours(text), self._fullNodeprep(text))
+
+    def test_saslprepPassword(self) -> None:
+        """The password shortcut agrees with SASLprep on every ASCII character and beyond."""
+        for code in list(range(128)) + [0xA0, 0xAD, 0x2000, 0x2168, 0xFEFF]:
+            text = f"pass{chr(code)}word"
+            try:
+                expected: str | None = saslprep(text)
+            except ScramException:
+                expected = None
+            try:
+                got: str | None = saslprepPassword(text)
+            except ScramException:
+                got = None
+            self.assertEqual(got, expected, repr(text))
 
     def test_localpartOf(self) -> None:
         self.assertEqual(self.accounts.localpartOf("Szymon"), "szymon")

@@ -21,6 +21,7 @@ from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
+from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
 from twisted.words.xish import domish
 
 from xmppjson.accounts import Accounts
@@ -36,6 +37,7 @@ from xmppjson.c2s.stream import (
     NS_TLS,
     C2SFactory,
     C2SSession,
+    _prepareResource,
     makeC2SFactory,
     serialize,
 )
@@ -743,6 +745,25 @@ async def waitForEither(wire: Wire, *names: str) -> domish.Element:
 
 class BindTests(unittest.TestCase):
     """Resource binding (RFC 6120 section 7) and the legacy session."""
+
+    def test_prepareResourceLikeStringprep(self) -> None:
+        """
+        The printable-ASCII shortcut prepares (or refuses) every resource exactly as the full
+        resourceprep profile does.
+        """
+
+        def outcome(prepare: Any, text: str) -> str | None:
+            try:
+                return prepare(text)
+            except UnicodeError:
+                return None
+
+        samples = [f"Ab{chr(code)} c" for code in range(128)]
+        samples += ["", " ", "Phone", "\u00c9cran", "\u2168", "a\u00adb", "\ufb01", "\u05d0a"]
+        for text in samples:
+            self.assertEqual(
+                outcome(_prepareResource, text), outcome(resourceprep.prepare, text), repr(text)
+            )
 
     async def test_clientResource(self) -> None:
         fx = await C2SFixture(self, allowPlaintext=True).start("juliet")

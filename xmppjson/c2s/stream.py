@@ -156,6 +156,19 @@ def _iqError(
     return response
 
 
+def _prepareResource(requested: str) -> str:
+    """
+    resourceprep (RFC 7622 section 3.4) of a requested resource: printable ASCII is its own
+    resourceprep (nothing in it is mapped or prohibited), anything else goes through the full
+    profile.
+
+    @raise UnicodeError: the profile refuses it.
+    """
+    if requested.isascii() and requested.isprintable():
+        return requested
+    return resourceprep.prepare(requested)
+
+
 def _preparedJID(localpart: str, domain: str, resource: str) -> JID:
     """
     A full JID from parts that are already prepared (the localpart by Accounts, the resource by
@@ -726,7 +739,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             break
         try:
             if requested:
-                resource = resourceprep.prepare(requested)
+                resource = _prepareResource(requested)
                 if not resource or len(resource.encode("utf-8")) > MAX_RESOURCE_BYTES:
                     raise UnicodeError("empty or too long")
             else:
