@@ -5,10 +5,13 @@ offline storage and server iq, on a real store, with recording sessions standing
 
 from __future__ import annotations
 
+import datetime
+
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from xmppjson.im.stanzas import NS_DELAY, NS_ROSTER, NS_SID, firstChild
+from xmppjson.router import Router
 from xmppjson.storage import RosterItem
 from tests.imhelpers import CoreFixture, parse, settle, until
 
@@ -155,6 +158,144 @@ class OfflineTests(unittest.TestCase):
         self.assertEqual(len(stored), 1)
         self.assertIn("u1", stored[0].xml)
         del s
+
+
+class OfflineHintTests(unittest.TestCase):
+    """
+    The core remembers users who have no offline message stored and skips the store's query at
+    their next login; every way a message can be stored while that memory is being formed must
+    still see the message delivered at the next login.
+    """
+
+    def countQueries(self, core: CoreFixture) -> list[str]:
+        queried: list[str] = []
+        original = core.store.getOffline
+
+        def getOffline(localpart):
+            queried.append(localpart)
+            return original(localpart)
+
+        core.store.getOffline = getOffline
+        return queried
+
+    async def login(self, core: CoreFixture, full: str):
+        session = await core.connect(full, presence="<presence/>")
+        await settle()
+        return session
+
+    async def logout(self, core: CoreFixture, session) -> None:
+        core.im.closeSession(session)
+        await settle()
+
+    async def sendToAlicja(self, core: CoreFixture, ident: str) -> None:
+        """Szymon writes to Alicja (who is away), and the core has done with it."""
+        s = await core.connect(f"szymon@localhost/{ident}", messagesAtOnce=True)
+        s.send(f"<message to='alicja@localhost' id='{ident}' type='chat'><body>x</body></message>")
+        await settle()
+
+    @_d
+    async def test_nothingStoredSkipsTheQuery(self):
+        core = await CoreFixture(self).start("alicja")
+        queried = self.countQueries(core)
+        await self.logout(core, await self.login(core, "alicja@localhost/a"))
+        self.assertEqual(queried, ["alicja"])
+        await self.logout(core, await self.login(core, "alicja@localhost/b"))
+        self.assertEqual(queried, ["alicja"])
+
+    @_d
+    async def test_deliveredEverythingSkipsTheQuery(self):
+        """Once what was stored is delivered and deleted, nothing is stored any more."""
+        core = await CoreFixture(self).start("alicja", "szymon")
+        await self.sendToAlicja(core, "o1")
+        queried = self.countQueries(core)
+        a = await self.login(core, "alicja@localhost/a")
+        await until(lambda: a.received)
+        self.assertEqual([m["id"] for m in a.take("message")], ["o1"])
+        await self.logout(core, a)
+        await self.logout(core, await self.login(core, "alicja@localhost/b"))
+        self.assertEqual(queried, ["alicja"])
+
+    @_d
+    async def test_storedAfterNothingIsDelivered(self):
+        """A message stored after a login found nothing is delivered at the next login."""
+        core = await CoreFixture(self).start("alicja", "szymon")
+        await self.logout(core, await self.login(core, "alicja@localhost/a"))
+        await self.sendToAlicja(core, "o2")
+        a = await self.login(core, "alicja@localhost/b")
+        await until(lambda: a.received)
+        self.assertEqual([m["id"] for m in a.take("message")], ["o2"])
+        self.assertEqual(await core.store.getOffline("alicja"), [])
+
+    @_d
+    async def test_storeUnderWayWhileQuerying(self):
+        """
+        A login's query that runs while a store is under way (not yet visible to it) proves
+        nothing: the message is delivered at the next login.
+        """
+        core = await CoreFixture(self).start("alicja", "szymon")
+        gate: defer.Deferred[None] = defer.Deferred()
+        original = core.store.storeOffline
+
+        async def slowStore(*args):
+            await gate
+            return await original(*args)
+
+        core.store.storeOffline = slowStore
+        await self.sendToAlicja(core, "o3")
+        a = await self.login(core, "alicja@localhost/a")  # queries while the store waits
+        self.assertEqual(a.take("message"), [])
+        await self.logout(core, a)
+        gate.callback(None)
+        await settle()
+        self.assertEqual(len(await core.store.getOffline("alicja")), 1)
+        b = await self.login(core, "alicja@localhost/b")
+        await until(lambda: b.received)
+        self.assertEqual([m["id"] for m in b.take("message")], ["o3"])
+
+    @_d
+    async def test_storeStartedWhileQuerying(self):
+        """A store that starts while a login's query runs: delivered at the next login."""
+        core = await CoreFixture(self).start("alicja", "szymon")
+        gate: defer.Deferred[None] = defer.Deferred()
+        original = core.store.getOffline
+
+        async def slowQuery(localpart):
+            result = await original(localpart)  # read before the store below
+            await gate
+            return result
+
+        core.store.getOffline = slowQuery
+        a = await core.connect("alicja@localhost/a", presence="<presence/>")  # query waits
+        await self.logout(core, a)
+        await self.sendToAlicja(core, "o4")
+        self.assertEqual(len(await original("alicja")), 1)
+        gate.callback(None)  # the query answers: nothing (it read before the store)
+        await settle()
+        b = await self.login(core, "alicja@localhost/b")
+        await until(lambda: b.received)
+        self.assertEqual([m["id"] for m in b.take("message")], ["o4"])
+
+    @_d
+    async def test_replicatedRouterAlwaysQueries(self):
+        """
+        A cluster node's peers store offline messages for the same users: with a replicated
+        router every login queries the store.
+        """
+        self.patch(Router, "replicated", True)
+        core = await CoreFixture(self).start("alicja")
+        queried = self.countQueries(core)
+        await self.logout(core, await self.login(core, "alicja@localhost/a"))
+        await self.logout(core, await self.login(core, "alicja@localhost/b"))
+        self.assertEqual(queried, ["alicja", "alicja"])
+        # What another node stored behind this one's back is delivered.
+        await core.store.storeOffline(
+            "alicja", datetime.datetime.now(datetime.UTC),
+            "<message xmlns='jabber:client' to='alicja@localhost' id='o5' type='chat'>"
+            "<body>5</body></message>",
+        )
+        c = await self.login(core, "alicja@localhost/c")
+        await until(lambda: c.received)
+        self.assertEqual([m["id"] for m in c.take("message")], ["o5"])
 
 
 class RosterTests(unittest.TestCase):

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
     from xmppjson.session import Session
 
+#: Users remembered as having no offline message stored, at most (then the memory starts over).
+MAX_NOTHING_STORED = 100_000
+
 
 class MessageHandler:
     """Routes messages between local users and keeps them for users who are away."""
@@ -47,6 +50,17 @@ class MessageHandler:
         self._storeLocks: dict[str, defer.DeferredLock] = {}
         #: Offline messages being stored (retries included), for L{drain}.
         self._storing: set[defer.Deferred[None]] = set()
+        #: Users known to have no offline message stored: their next available session skips
+        #: the store's query (a thread round trip and a read per login).  Empty at start (then
+        #: every user is queried once), and only kept when this process is the only one that
+        #: stores offline messages: a cluster node's peers store them for the same users.
+        self._nothingStored: set[str] = set()
+        self._hintNothingStored = not self.router.replicated
+        #: Offline stores started so far, and those under way per user: a query that saw
+        #: nothing proves nothing if a store for the user was under way when it began or
+        #: started before it ended (the row may or may not have been visible to it).
+        self._storesStarted = 0
+        self._storesUnderWay: dict[str, int] = {}
         #: Features that may stop a message before it is routed (blocking, ...): each is called
         #: as C{f(sender, message, target)} and returns C{True} when it took care of the
         #: message (answered or dropped it), which ends routing.
@@ -239,6 +253,11 @@ class MessageHandler:
         self._stampId(message, bare, redelivery)
         delay = firstChild(message, "delay", NS_DELAY)
         addDelay(message, when, self.domain)
+        # Before the store is asked, so that no query can see "nothing" from now on.
+        self._nothingStored.discard(localpart)
+        self._storesStarted += 1
+        underWay = self._storesUnderWay
+        underWay[localpart] = underWay.get(localpart, 0) + 1
         try:
             await self.store.storeOffline(localpart, when, message.toXml())
         except BaseException:
@@ -248,6 +267,12 @@ class MessageHandler:
                 if ours is not None:
                     message.children.remove(ours)
             raise
+        finally:
+            left = underWay[localpart] - 1
+            if left:
+                underWay[localpart] = left
+            else:
+                del underWay[localpart]
         if self.observers and not redelivery:
             self._observe(message, bare, [], sender)
         # A session may have become reachable while we were storing: hand it over now.
@@ -279,6 +304,8 @@ class MessageHandler:
 
     def deliverOffline(self, session: "Session") -> None:
         """Deliver and then delete the user's stored messages (once, even with racing sessions)."""
+        if session.localpart in self._nothingStored:
+            return
         d = defer.ensureDeferred(self._deliverOffline(session))
         d.addErrback(lambda f: self.log.failure("Offline delivery to {s} failed", f, s=session))
 
@@ -291,8 +318,12 @@ class MessageHandler:
             async with lock:
                 if not session.active:
                     return
+                started = self._storesStarted if localpart not in self._storesUnderWay else -1
                 stored = await self.store.getOffline(localpart)
-                if not stored or not session.active:
+                if not stored:
+                    self._noteNothingStored(localpart, started)
+                    return
+                if not session.active:
                     return
                 delivered = []
                 for entry in stored:
@@ -308,9 +339,24 @@ class MessageHandler:
                     delivered.append(entry.id)
                 if delivered:
                     await self.store.deleteOffline(localpart, delivered)
+                if len(delivered) == len(stored):
+                    self._noteNothingStored(localpart, started)
         finally:
             if not lock.locked and not lock.waiting:
                 self._offlineLocks.pop(localpart, None)
+
+    def _noteNothingStored(self, localpart: str, started: int) -> None:
+        """
+        The user's stored messages were all read (and delivered and deleted): remember that
+        nothing is stored for them, unless an offline store started since C{started} (the
+        count of stores when the read began, -1 if one for this user was under way then): its
+        message may or may not have been in what was read.
+        """
+        if not self._hintNothingStored or self._storesStarted != started:
+            return
+        if len(self._nothingStored) >= MAX_NOTHING_STORED:
+            self._nothingStored.clear()
+        self._nothingStored.add(localpart)
 
     def undeliverable(self, session: "Session", message: domish.Element) -> None:
         """A door could not write a message: route it again, as to the bare JID."""
