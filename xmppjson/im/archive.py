@@ -290,19 +290,19 @@ class Archive:
 
     log = Logger()
 
-    # Under load the writer waits for 1000 messages: each transaction rewrites the pages it
+    # Under load the writer waits for 2500 messages: each transaction rewrites the pages it
     # touches in every index (one per active user in the owner indexes), so fewer, larger
     # transactions cost less per message (docs/performance.md, "archive write cost").
-    batchSize = 1000
-    interval = 0.1
+    batchSize = 2500
+    interval = 0.25
     maxQueue = 20000
     #: With this many messages waiting while the database is up (the writer is behind, not
     #: failing), the doors stop reading from clients until the queue is down to
     #: C{lowWater}: overload slows senders down rather than leave their messages out.
-    highWater = 8000
-    lowWater = 2000
+    highWater = 10000
+    lowWater = 2500
     #: The most messages one transaction writes.
-    maxBatch = 2000
+    maxBatch = 5000
     #: Seconds to wait before writing again after the database was unavailable.
     retryDelay = 1.0
     purgeInterval = 3600.0
