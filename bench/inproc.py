@@ -10,9 +10,14 @@ microseconds of process CPU, for the c2s door and the JSON door side by side in 
 (the ratio is what counts; absolute figures depend on the machine). System calls are not in
 it: bench/run.py measures the whole server.
 
+Every JSON door session has message carbons on (docs/json-dialect.md), and the c2s clients here,
+like the load generator's, never enable them: so the c2s door is also measured with carbons
+enabled on its two sessions, which is the same work in the core as the JSON door's.
+
   python3 bench/inproc.py                      # both doors, archive off, 3 rounds
   python3 bench/inproc.py --archive            # with the SQLite archive on
   python3 bench/inproc.py --profile ws         # cProfile of the JSON door, top functions
+  python3 bench/inproc.py --profile c2s-carbons  # the c2s door with carbons on
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class Door(NamedTuple):
     batches: list[bytes]  # BATCH messages each, to the recipient
     fixture: Any
     received: "_Sink"  # the recipient's transport
+    sessions: list[Any]  # the sender's and the recipient's sessions in the core
 
 BATCH = 10
 
@@ -99,7 +105,7 @@ async def c2sDoor(case: Any, archive: bool) -> Door:
         ).encode()
         for i in range(64)
     ]
-    return Door(alice.protocol.dataReceived, batches, fixture, received)
+    return Door(alice.protocol.dataReceived, batches, fixture, received, _sessions(fixture, "c2s"))
 
 
 async def wsDoor(case: Any, archive: bool) -> Door:
@@ -123,7 +129,18 @@ async def wsDoor(case: Any, archive: bool) -> Door:
         )
         for i in range(64)
     ]
-    return Door(protocols["alice"].dataReceived, batches, fixture, protocols["bob"].transport)
+    return Door(protocols["alice"].dataReceived, batches, fixture, protocols["bob"].transport,
+                _sessions(fixture, "websocket"))
+
+
+def _sessions(fixture: Any, door: str) -> list[Any]:
+    return sorted((s for s in fixture.im.router if s.door == door), key=lambda s: s.full)
+
+
+def carbons(door: Door, on: bool) -> None:
+    """Message carbons (XEP-0280) on or off for both sessions of C{door}."""
+    for session in door.sessions:
+        (door.fixture.im.carbons.enable if on else door.fixture.im.carbons.disable)(session)
 
 
 def _reactor() -> Any:
@@ -145,33 +162,41 @@ def measure(feed: Any, batches: list[bytes], messages: int) -> float:
 async def main(args: argparse.Namespace) -> None:
     case = _Case()
     try:
-        doors = {"c2s": await c2sDoor(case, args.archive), "ws": await wsDoor(case, args.archive)}
-        for door in doors.values():
+        c2s = await c2sDoor(case, args.archive)
+        ws = await wsDoor(case, args.archive)
+        # (name, door, carbons on its sessions): the JSON door's are on, as the door sets them
+        runs = [("c2s", c2s, False), ("c2s-carbons", c2s, True), ("ws", ws, True)]
+        for _, door, on in runs:
+            carbons(door, on)
             measure(door.feed, door.batches, 2000)  # warm-up (caches, first allocations)
         if args.profile:
             import cProfile
             import pstats
 
-            door = doors[args.profile]
+            _, door, on = next(run for run in runs if run[0] == args.profile)
+            carbons(door, on)
             profiler = cProfile.Profile()
             profiler.enable()
             measure(door.feed, door.batches, args.messages)
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
             return
-        results: dict[str, list[float]] = {name: [] for name in doors}
+        results: dict[str, list[float]] = {name: [] for name, _, _ in runs}
         for _ in range(args.rounds):
-            for name, door in doors.items():
+            for name, door, on in runs:
+                carbons(door, on)
                 results[name].append(measure(door.feed, door.batches, args.messages))
                 if args.archive:
                     await door.fixture.im.archive.flush()
-        c2s = sorted(results["c2s"])[len(results["c2s"]) // 2]
-        ws = sorted(results["ws"])[len(results["ws"]) // 2]
+        median = {name: sorted(r)[len(r) // 2] for name, r in results.items()}
         print(f"archive {'on' if args.archive else 'off'}, {args.messages} messages x {args.rounds} rounds, "
               f"median us of process CPU per message:")
-        print(f"  c2s door  {c2s:7.1f}  {['%.1f' % r for r in results['c2s']]}")
-        print(f"  JSON door {ws:7.1f}  {['%.1f' % r for r in results['ws']]}")
-        print(f"  JSON door / c2s door, per CPU-second: {c2s / ws:.2f}x")
+        for name, label in (("c2s", "c2s door"), ("c2s-carbons", "c2s door, carbons on"),
+                            ("ws", "JSON door (carbons on)")):
+            print(f"  {label:23} {median[name]:7.1f}  {['%.1f' % r for r in results[name]]}")
+        print(f"  JSON door / c2s door, per CPU-second: {median['c2s'] / median['ws']:.2f}x")
+        print(f"  JSON door / c2s door with carbons on (the same core work): "
+              f"{median['c2s-carbons'] / median['ws']:.2f}x")
     finally:
         await case.cleanup()
 
@@ -181,6 +206,6 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--archive", action="store_true")
-    parser.add_argument("--profile", choices=("c2s", "ws"))
+    parser.add_argument("--profile", choices=("c2s", "c2s-carbons", "ws"))
     parser.add_argument("--top", type=int, default=35)
     task.react(lambda reactor: defer.ensureDeferred(main(parser.parse_args())))

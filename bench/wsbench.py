@@ -15,6 +15,9 @@ ratios apply to both doors.
              ring accounts for xmppbench's c2s presence scenario)
   cross      P pairs, each one c2s client (raw XMPP, xmppbench's client) and one WebSocket
              client, chatting across the doors
+  c2s-chat   P pairs of c2s clients (xmppbench's client) in the same closed loop as chat;
+             with --carbons each enables message carbons first (XEP-0280), as every WebSocket
+             session has them: the c2s door doing the same work in the core as the JSON door
 
 The c2s client, the /proc probe and the statistics helpers are imported from the shared
 harness (``--xmppbench``, default /work/shared/bench/xmppbench.py), so both doors are measured
@@ -694,6 +697,39 @@ async def sc_cross(cfg, probe):
     return res
 
 
+CARBONS_ENABLE = "<iq type='set' id='carbons-on'><enable xmlns='urn:xmpp:carbons:2'/></iq>"
+
+
+async def enable_carbons(clients):
+    """XEP-0280 on for every c2s client (every JSON door session has carbons on from the start)."""
+    for c in clients:
+        c.send(CARBONS_ENABLE)
+    answers = await asyncio.gather(*(c.expect(xb.re_iq("carbons-on")) for c in clients))
+    refused = [a.group(0)[:200] for a in answers if b"type='result'" not in a.group(0)
+               and b'type="result"' not in a.group(0)]
+    if refused:
+        raise WSError(f"carbons refused: {refused[0]!r}")
+
+
+async def sc_c2s_chat(cfg, probe):
+    """The closed loop of L{sc_chat} between c2s clients, optionally with carbons on."""
+    n = 2 * cfg.pairs
+    c2s_cfg = SimpleNamespace(**vars(cfg))
+    c2s_cfg.port = cfg.c2s_port
+    clients, _, fails, _, _ = await xb.login_many(c2s_cfg, range(cfg.start, cfg.start + n))
+    extra = {"door": "c2s", "carbons": cfg.carbons, "c2s_target": f"{cfg.host}:{cfg.c2s_port}"}
+    if fails:
+        for c in clients:
+            c.close()
+        return dict(base_result(cfg, "chat"), **extra, error="login failures", failed=len(fails),
+                    first_failures=fails[:3])
+    if cfg.carbons:
+        await enable_carbons(clients)
+    clients.sort(key=lambda c: c.idx)
+    pairs = [(clients[i], clients[i + 1]) for i in range(0, n, 2)]
+    return await run_chat(cfg, probe, pairs, extra)
+
+
 # ---- presence fan-out over the dialect ------------------------------------------
 
 
@@ -956,8 +992,12 @@ def build_parser():
     p.add_argument("--settle-after", type=float, default=2.0)
 
     for name, hlp in (("chat", "one-to-one chat over the WebSocket door"),
-                      ("cross", "one-to-one chat, c2s client <-> WebSocket client")):
+                      ("cross", "one-to-one chat, c2s client <-> WebSocket client"),
+                      ("c2s-chat", "one-to-one chat over the c2s door, in the loop of chat")):
         p = sub.add_parser(name, parents=[common], help=hlp)
+        if name == "c2s-chat":
+            p.add_argument("--carbons", action="store_true",
+                           help="enable message carbons on every client, as the JSON door does")
         p.add_argument("--pairs", type=int, default=50)
         p.add_argument("--duration", type=float, default=10.0)
         p.add_argument("--warmup", type=float, default=2.0)
@@ -999,7 +1039,8 @@ def main(argv=None):
                                check=False).stdout.split()[:1]
     probe = xb.ServerProbe(pids)
     fn = {"provision": sc_provision, "login": sc_login, "idle": sc_idle, "chat": sc_chat,
-          "cross": sc_cross, "presence": sc_presence, "rosters": sc_rosters}[cfg.scenario]
+          "cross": sc_cross, "c2s-chat": sc_c2s_chat, "presence": sc_presence,
+          "rosters": sc_rosters}[cfg.scenario]
     res = asyncio.run(fn(cfg, probe))
     if pids:
         res["server_pids"] = probe.pids()

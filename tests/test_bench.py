@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from types import ModuleType
+from typing import Any
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -53,6 +54,46 @@ class WSBenchTests(unittest.TestCase):
     def test_unknownScenario(self) -> None:
         with contextlib.redirect_stderr(io.StringIO()):
             self.assertRaises(SystemExit, self.ws.build_parser().parse_args, ["nope"])
+
+    def test_c2sChatScenario(self) -> None:
+        """c2s-chat takes chat's options, and --carbons."""
+        parser = self.ws.build_parser()
+        cfg = parser.parse_args(["--c2s-port", "5333", "c2s-chat", "--pairs", "4", "--window", "3"])
+        self.assertEqual((cfg.scenario, cfg.pairs, cfg.window, cfg.carbons, cfg.c2s_port),
+                         ("c2s-chat", 4, 3, False, 5333))
+        self.assertTrue(parser.parse_args(["c2s-chat", "--carbons"]).carbons)
+        with contextlib.redirect_stderr(io.StringIO()):
+            self.assertRaises(SystemExit, parser.parse_args, ["chat", "--carbons"])
+
+    def test_enableCarbons(self) -> None:
+        """Every client asks for carbons; an error answer stops the run instead of measuring without."""
+        import asyncio
+        import re
+
+        ws: Any = self.ws
+
+        class Client:
+            def __init__(self, answer: bytes):
+                self.sent: list[str] = []
+                self.answer = answer
+
+            def send(self, data: str) -> None:
+                self.sent.append(data)
+
+            async def expect(self, pattern: Any) -> Any:
+                assert pattern == "re_iq carbons-on", pattern  # what the harness's re_iq is asked for
+                return re.match(rb".*", self.answer)
+
+        old = ws.xb
+        ws.xb = type("xb", (), {"re_iq": staticmethod(lambda iqId: f"re_iq {iqId}")})
+        self.addCleanup(setattr, ws, "xb", old)
+        clients = [Client(b"<iq type='result' id='carbons-on' to='a@b/c'/>") for _ in range(2)]
+        asyncio.run(ws.enable_carbons(clients))
+        for client in clients:
+            self.assertEqual(client.sent, [ws.CARBONS_ENABLE])
+            self.assertIn("urn:xmpp:carbons:2", client.sent[0])
+        refused = Client(b"<iq type='error' id='carbons-on'><error type='cancel'/></iq>")
+        self.assertRaises(ws.WSError, asyncio.run, ws.enable_carbons([clients[0], refused]))
 
     def test_frameMasked(self) -> None:
         """Client frames are masked; unmasking with the key gives the payload back."""
@@ -158,6 +199,30 @@ class InprocTests(unittest.TestCase):
             # every message reached the recipient, once: each stanza or frame carries its body
             self.assertEqual(b"".join(door.received.kept).count(marker), 10 * inproc.BATCH)
             self.assertEqual(door.fixture.im.router.countOf(f"bob@{door.fixture.config.domain}"), 1)
+
+    def test_carbons(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._carbons())
+
+    async def _carbons(self) -> None:
+        """
+        The JSON door's sessions have carbons on; inproc turns them on and off for the c2s
+        door's, and with one session per user a message is still delivered once.
+        """
+        inproc = _load("inproc")
+        ws = await inproc.wsDoor(self, False)
+        self.assertEqual(len(ws.sessions), 2)
+        self.assertTrue(all(ws.fixture.im.carbons.enabledFor(s) for s in ws.sessions))
+        c2s = await inproc.c2sDoor(self, False)
+        carbons = c2s.fixture.im.carbons
+        self.assertEqual([s.door for s in c2s.sessions], ["c2s", "c2s"])
+        self.assertFalse(any(carbons.enabledFor(s) for s in c2s.sessions))
+        inproc.carbons(c2s, True)
+        self.assertTrue(all(carbons.enabledFor(s) for s in c2s.sessions))
+        c2s.received.kept = []
+        inproc.measure(c2s.feed, c2s.batches, 2 * inproc.BATCH)
+        self.assertEqual(b"".join(c2s.received.kept).count(b" hello</body>"), 2 * inproc.BATCH)
+        inproc.carbons(c2s, False)
+        self.assertFalse(any(carbons.enabledFor(s) for s in c2s.sessions))
 
 
 class ArchiveDroppedTests(unittest.TestCase):
