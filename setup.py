@@ -39,6 +39,9 @@ setup(
         "psycopg2-binary>=2.9,<3",
         "treq>=23.11,<27",
         "scramp>=1.4,<2",
+        # PBKDF2 for password checks (xmppjson/scram.py): its bundled OpenSSL is twice as fast
+        # as Debian 12's, which hashlib uses.  Also what twisted[tls] brings.
+        "cryptography>=42",
         "zope.interface>=6",
     ],
     extras_require={
