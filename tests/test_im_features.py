@@ -837,6 +837,22 @@ class CarbonsTests(unittest.TestCase):
         self.assertEqual(carbonOf(main.take("message")[0])[0], "sent")
 
     @_d
+    async def test_onlyEnabledSessionGetsNoCopyOfItsOwnMessages(self):
+        """
+        A user whose one carbons-enabled session is the one a message went to (or came from)
+        gets no carbon of it: the common case of every web session, decided without reading
+        the message.
+        """
+        _core, main, copy, s = await self.setup()
+        s.send("<message to='alicja@localhost/copy' type='chat'><body>tylko tu</body></message>")
+        [message] = copy.take("message")
+        self.assertIsNone(carbonOf(message))
+        self.assertEqual(main.take("message"), [])
+        copy.send("<message to='szymon@localhost' type='chat'><body>stąd</body></message>")
+        self.assertEqual(len(s.take("message")), 1)
+        self.assertEqual((copy.take("message"), main.take("message")), ([], []))
+
+    @_d
     async def test_sentCarbonWhenStoredOffline(self):
         core, main, copy, s = await self.setup()
         main.send("<message to='marek-offline@localhost' type='chat'><body>?</body></message>")

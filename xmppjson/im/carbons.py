@@ -117,7 +117,18 @@ class Carbons:
         if not self._enabled:
             return
         received = self._enabled.get(bare) if delivered else None
-        sent = self._enabled.get(sender.bare) if sender is not None and sender.bare != bare else None
+        if received is not None and len(received) == 1 and len(delivered) == 1 \
+                and next(iter(received)) is delivered[0]:
+            # The usual case (every web session has carbons on): the recipient's one enabled
+            # session is the one the message went to.
+            received = None
+        sent = None
+        if sender is not None:
+            senderBare = sender.bare
+            if senderBare != bare:
+                sent = self._enabled.get(senderBare)
+                if sent is not None and len(sent) == 1 and sender in sent:
+                    sent = None  # the sender's own session is its only enabled one
         if not received and not sent:
             return
         # Who would get a copy comes first: it is usually nobody (a user with one session, as
