@@ -494,6 +494,41 @@ def select(args) -> tuple[list[Scenario], list[str]]:
     return scs, servers
 
 
+def run_plan(scs: list[Scenario], servers: list[str], xj_servers: list[str], noarch: bool,
+             rounds: int) -> list[tuple[int, Scenario | None, str]]:
+    """
+    The campaign's runs in order, as (round, scenario, server); a (round, None, "") marks the
+    start of each round.  Within a round, scenarios in the given order, each over its servers
+    rotated by one per round (so no server is always first).  A JSON door scenario runs right
+    after its c2s counterpart on the same xmppjson variant, so that the "JSON door / c2s door"
+    ratio compares two runs a minute apart rather than runs minutes apart on a machine whose
+    figures drift with other people's work.
+    """
+    def order(sc: Scenario, rnd: int) -> list[str]:
+        servers_ = [x for s in sc.servers for x in (xj_servers if s == "xmppjson" else [s]) if
+                    x in xj_servers or (x == NOARCH and noarch) or x in servers]
+        k = (rnd - 1) % max(1, len(servers_))
+        return servers_[k:] + servers_[:k]
+
+    paired = {sc.name: SCENARIOS["ws-" + sc.name] for sc in scs
+              if SCENARIOS.get("ws-" + sc.name) in scs}
+    plan: list[tuple[int, Scenario | None, str]] = []
+    for rnd in range(1, rounds + 1):
+        plan.append((rnd, None, ""))
+        for sc in scs:
+            if sc in paired.values():
+                continue
+            partner = paired.get(sc.name)
+            partnerServers = order(partner, rnd) if partner else []
+            for server in order(sc, rnd):
+                plan.append((rnd, sc, server))
+                if partner and server in partnerServers:
+                    plan.append((rnd, partner, server))
+                    partnerServers.remove(server)
+            plan.extend((rnd, partner, server) for server in partnerServers)
+    return plan
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
@@ -540,17 +575,17 @@ def main(argv=None) -> int:
     if args.wipe_peers:
         for p in peers_needed:
             bl.peer("wipe", p, check=False)
-    for p in ("prosody", "prosody-hashed", "prosody-mam", "ejabberd", "ejabberd-scram", "ejabberd-mam"):
-        bl.peer("stop", p, check=False)  # only what server.sh itself started (by its pid files)
+    for p in peers_needed:
+        # Only the peers this campaign runs (and only what server.sh itself started, by its
+        # pid files): someone else's campaign may be using the others.
+        bl.peer("stop", p, check=False)
     provision(ctx, servers, scs)
-    for rnd in range(1, rounds + 1):
-        bl.log(f"######## round {rnd}/{rounds}")
-        for sc in scs:
-            order = [x for s in sc.servers for x in (ctx.xj_servers if s == "xmppjson" else [s]) if
-                     x in ctx.xj_servers or (x == NOARCH and ctx.noarch) or x in servers]
-            k = (rnd - 1) % max(1, len(order))
-            for server in order[k:] + order[:k]:
-                one_run(ctx, rnd, sc, server)
+
+    for rnd, sc, server in run_plan(scs, servers, ctx.xj_servers, ctx.noarch, rounds):
+        if sc is None:
+            bl.log(f"######## round {rnd}/{rounds}")
+            continue
+        one_run(ctx, rnd, sc, server)
     md = table(ctx.results)
     print(md)
     if args.table_out:

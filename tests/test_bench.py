@@ -151,6 +151,31 @@ class RunTests(unittest.TestCase):
         self.assertRaises(SystemExit, self.runpy.select, parser.parse_args(["--scenarios", "nope"]))
         self.assertRaises(SystemExit, self.runpy.select, parser.parse_args(["--servers", "openfire"]))
 
+    def test_planPairsTheDoors(self) -> None:
+        """
+        Each JSON door run follows its c2s counterpart on the same xmppjson variant; servers
+        rotate from round to round; peers run only their own scenarios.
+        """
+        r = self.runpy
+        scs = [r.SCENARIOS[n] for n in ("chat-50x10", "presence-200x10", "ws-chat-50x10",
+                                        "ws-presence-200x10")]
+        plan = r.run_plan(scs, ["xmppjson", "ejabberd"], ["xmppjson"], True, 2)
+        runs = [(rnd, sc.name, server) for rnd, sc, server in plan if sc is not None]
+        self.assertEqual([rnd for rnd, sc, _ in plan if sc is None], [1, 2])
+        self.assertEqual(runs[:7], [
+            (1, "chat-50x10", "xmppjson"), (1, "ws-chat-50x10", "xmppjson"),
+            (1, "chat-50x10", "xmppjson-noarch"), (1, "ws-chat-50x10", "xmppjson-noarch"),
+            (1, "chat-50x10", "ejabberd"),
+            (1, "presence-200x10", "xmppjson"), (1, "ws-presence-200x10", "xmppjson"),
+        ])
+        self.assertEqual(runs[8:10], [(2, "chat-50x10", "xmppjson-noarch"),
+                                      (2, "ws-chat-50x10", "xmppjson-noarch")])
+        # every run of the selection, each once per round
+        self.assertEqual(len(runs), 2 * (3 + 2 + 2 + 1))
+        # a JSON door scenario selected alone still runs
+        alone = r.run_plan([r.SCENARIOS["ws-chat-50x10"]], ["xmppjson"], ["xmppjson"], False, 1)
+        self.assertEqual([(sc.name, s) for _, sc, s in alone if sc], [("ws-chat-50x10", "xmppjson")])
+
     def test_everyRowNamesAScenario(self) -> None:
         for row in self.runpy.ROWS:
             self.assertIn(row.scenario, self.runpy.SCENARIOS)
