@@ -270,37 +270,6 @@ class BatchingTests(_Base):
         self.assertEqual(archive.dropped, 0)
 
     @_d
-    async def test_rowsMadeInSlicesBetweenReactorTurns(self) -> None:
-        """
-        The batch writer makes rows C{rowsPerTurn} messages at a time and lets the reactor run
-        in between, so that a large batch never holds up reads and deliveries at once; the
-        batch is still written in one transaction, in order.
-        """
-        core, _a, s = await self.pair()
-        archive = core.im.archive
-        archive.rowsPerTurn = 2
-        counting = _CountingStore(core)
-        events: list[Any] = []
-        original = archive._messages
-
-        def messages(batch: list[tuple[Any, ...]]) -> list[ArchiveMessage]:
-            events.append(len(batch))
-            if len(events) == 1:
-                # Due at once: it runs before the next slice only if the writer yields.
-                core.clock.callLater(0, events.append, "reactor turn")
-            return original(batch)
-
-        archive._messages = messages  # type: ignore[method-assign]
-        for n in range(5):
-            s.send(f"<message to='alicja@localhost' type='chat'><body>{n}</body></message>")
-        core.clock.advance(archive.interval)
-        await until(lambda: archive.written == 5)
-        self.assertEqual(events, [2, "reactor turn", 2, 1])
-        self.assertEqual(counting.calls, [5])
-        bodies = [str(parse(e.xml).body) for e in await archiveOf(core, "alicja")]
-        self.assertEqual(bodies, ["0", "1", "2", "3", "4"])
-
-    @_d
     async def test_queryWritesWhatIsQueued(self) -> None:
         core, _a, s = await self.pair()
         s.send("<message to='alicja@localhost' type='chat'><body>just now</body></message>")

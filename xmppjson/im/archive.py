@@ -303,9 +303,6 @@ class Archive:
     lowWater = 2500
     #: The most messages one transaction writes.
     maxBatch = 5000
-    #: The batch writer makes the rows of this many messages per turn of the reactor (about
-    #: 2.5 ms of CPU), so that a batch of thousands never holds up delivery for tens of ms.
-    rowsPerTurn = 250
     #: Seconds to wait before writing again after the database was unavailable.
     retryDelay = 1.0
     purgeInterval = 3600.0
@@ -475,19 +472,6 @@ class Archive:
                                            sender.resource or "", bare, resource, xml))
         return messages
 
-    async def _rows(self, batch: list[tuple[Any, ...]]) -> list[ArchiveMessage]:
-        """
-        L{_messages} of a batch, L{rowsPerTurn} messages per turn of the reactor: in one tight
-        loop per slice (cheaper than the same work spread over the messages' routes, see
-        docs/history.md), with reads and deliveries in between the slices.
-        """
-        step = self.rowsPerTurn
-        rows = self._messages(batch[:step])
-        for start in range(step, len(batch), step):
-            await task.deferLater(self.clock, 0, lambda: None)
-            rows.extend(self._messages(batch[start:start + step]))
-        return rows
-
     async def _drain(self, everything: bool) -> None:
         """
         Write queued messages, a batch per transaction, one writer at a time (so the archive
@@ -502,7 +486,7 @@ class Archive:
                 batch = self._queue[: self.maxBatch]
                 del self._queue[: self.maxBatch]
                 try:
-                    written = await self.store.archiveMessages(await self._rows(batch))
+                    written = await self.store.archiveMessages(self._messages(batch))
                 except StoreUnavailable:
                     # Keep them for a later attempt, oldest first, within the bound; live
                     # chat goes on meanwhile (no back-pressure while the database is away).
