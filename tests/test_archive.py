@@ -844,6 +844,46 @@ class _EmptyStore:
         return lambda *args, **kwargs: defer.succeed([])
 
 
+class FreedWithoutCollectorTests(unittest.TestCase):
+    """
+    A routed stanza holds no reference cycle (L{xmppjson.im.stanzas.dropParents}): it is freed
+    when its last reference goes, not at the cyclic collector's next pass.
+    """
+
+    def test_routedMessageFreedByReferenceCounting(self) -> None:
+        import gc
+        import weakref
+
+        from twisted.internet import task
+
+        from xmppjson.config import Config
+        from xmppjson.im.server import IMServer
+
+        im = IMServer(Config(archive=False), _EmptyStore(), task.Clock())
+        sender = _NullSession("szymon@localhost/web", im, messagesAtOnce=True)
+        recipient = _NullSession("alicja@localhost/dom", im, messagesAtOnce=True)
+        for session in (sender, recipient):
+            im.router.add(session)
+            defer.ensureDeferred(im.blocking.load(session.localpart, SessionState([], [], None)))
+        # Built as a parser builds it: every child linked to its parent (addElement does that).
+        message = domish.Element((None, "message"))
+        message["to"], message["type"] = "alicja@localhost/dom", "chat"
+        body = message.addElement("body", content="hej")
+        message.addElement(("urn:example", "x")).addElement("y")
+        self.assertIs(body.parent, message)
+        refs = [weakref.ref(message), weakref.ref(body)]
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            im.receive(sender, message)
+            self.assertIsNone(body.parent)
+            del message, body
+            self.assertEqual([ref() for ref in refs], [None, None])
+        finally:
+            if enabled:
+                gc.enable()
+
+
 def measureHotPath(messages: int = 100_000, rounds: int = 20) -> dict[str, float]:
     """
     Microseconds per message of the core's route of one chat message between two connected

@@ -194,8 +194,8 @@ class MessageHandler:
                     return
                 del children[index]
         # Built in one step: this runs for every message routed.
+        # (No parent link: it would make the message a reference cycle, see dropParents.)
         sid = domish.Element((NS_SID, "stanza-id"), NS_SID, {"by": by, "id": newStanzaId()})
-        sid.parent = message
         children.append(sid)
 
     async def _offline(self, message: domish.Element, bare: str, mtype: str, sender: "Session | None",

@@ -36,7 +36,7 @@ from xmppjson.im.last import LastActivity
 from xmppjson.im.message import MessageHandler
 from xmppjson.im.presence import PresenceHandler
 from xmppjson.im.roster import RosterManager
-from xmppjson.im.stanzas import errorReply
+from xmppjson.im.stanzas import dropParents, errorReply
 from xmppjson.im.vcard import VCards
 from xmppjson.router import Router
 from xmppjson.session import Session
@@ -253,6 +253,7 @@ class IMServer:
         """
         if not session.active:
             return
+        dropParents(element)  # freed by reference counting, not by the collector
         handler = self._handlers.get(element.name)
         if handler is None:
             session.deliver(errorReply(element, "bad-request", text="unknown stanza", sender=self.domain))
