@@ -844,6 +844,27 @@ class _EmptyStore:
         return lambda *args, **kwargs: defer.succeed([])
 
 
+def _nullCore(archive: bool) -> tuple[Any, RecordingSession]:
+    """
+    A core on a store that has nothing, with szymon@localhost/web and alicja@localhost/dom
+    connected through doors that write nothing; returns the core and szymon's session.
+    """
+    from twisted.internet import task
+
+    from xmppjson.config import Config
+    from xmppjson.im.server import IMServer
+
+    im = IMServer(Config(archive=archive), _EmptyStore(), task.Clock())
+    sender = _NullSession("szymon@localhost/web", im, messagesAtOnce=True)
+    recipient = _NullSession("alicja@localhost/dom", im, messagesAtOnce=True)
+    for session in (sender, recipient):
+        im.router.add(session)
+        # What a session's start loads: without it the recipient's (empty) blocklist is read
+        # for every message, as for a recipient who is offline.
+        defer.ensureDeferred(im.blocking.load(session.localpart, SessionState([], [], None)))
+    return im, sender
+
+
 class FreedWithoutCollectorTests(unittest.TestCase):
     """
     A routed stanza holds no reference cycle (L{xmppjson.im.stanzas.dropParents}): it is freed
@@ -854,17 +875,7 @@ class FreedWithoutCollectorTests(unittest.TestCase):
         import gc
         import weakref
 
-        from twisted.internet import task
-
-        from xmppjson.config import Config
-        from xmppjson.im.server import IMServer
-
-        im = IMServer(Config(archive=False), _EmptyStore(), task.Clock())
-        sender = _NullSession("szymon@localhost/web", im, messagesAtOnce=True)
-        recipient = _NullSession("alicja@localhost/dom", im, messagesAtOnce=True)
-        for session in (sender, recipient):
-            im.router.add(session)
-            defer.ensureDeferred(im.blocking.load(session.localpart, SessionState([], [], None)))
+        im, sender = _nullCore(archive=False)
         # Built as a parser builds it: every child linked to its parent (addElement does that).
         message = domish.Element((None, "message"))
         message["to"], message["type"] = "alicja@localhost/dom", "chat"
@@ -898,9 +909,6 @@ def measureHotPath(messages: int = 100_000, rounds: int = 20) -> dict[str, float
     """
     import time
 
-    from twisted.internet import task
-
-    from xmppjson.config import Config
     from xmppjson.im.server import IMServer
 
     text = ("<message to='alicja@localhost' type='chat' id='b1'>"
@@ -908,14 +916,7 @@ def measureHotPath(messages: int = 100_000, rounds: int = 20) -> dict[str, float
             "<active xmlns='http://jabber.org/protocol/chatstates'/></message>")
 
     def core(archive: bool) -> tuple[IMServer, RecordingSession, domish.Element]:
-        im = IMServer(Config(archive=archive), _EmptyStore(), task.Clock())
-        sender = _NullSession("szymon@localhost/web", im, messagesAtOnce=True)
-        recipient = _NullSession("alicja@localhost/dom", im, messagesAtOnce=True)
-        for session in (sender, recipient):
-            im.router.add(session)
-            # What a session's start loads: without it the recipient's (empty) blocklist is
-            # read for every message, as for a recipient who is offline.
-            defer.ensureDeferred(im.blocking.load(session.localpart, SessionState([], [], None)))
+        im, sender = _nullCore(archive)
         return im, sender, parse(text)
 
     def round_(im: IMServer, sender: RecordingSession, message: domish.Element, n: int) -> float:
