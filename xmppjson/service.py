@@ -129,9 +129,10 @@ class CollectorService(service.Service):
     Tunes Python's cyclic garbage collector for a long-running server, for as long as the
     service runs (the process-wide setting is restored when it stops).
 
-    Every routed stanza is a tree of domish elements whose children point back at their
-    parent, so stanzas are freed by the collector, and the archive keeps messages queued long
-    enough to reach the older generations.  With the default thresholds (700, 10, 10) the
+    domish elements point back at their parent, so a stanza the core builds (presence copies,
+    errors, carbons) is freed by the collector (received stanzas are not: the core drops
+    their parent links, L{xmppjson.im.stanzas.dropParents}), and the archive keeps messages
+    queued long enough to reach the older generations.  With the default thresholds (700, 10, 10) the
     collector ran often and walked the whole heap (every session, roster and cache) at each
     full collection: with the archive on, a chat load's p99 latency was 240-270 ms; with
     these thresholds and the startup objects frozen out of the collector's walks it was
