@@ -40,6 +40,7 @@ from xmppjson.storage import (
     schema,
 )
 from xmppjson.storage.sql import SchemaTooNew, SQLStore
+from xmppjson.storage import sqlite
 from xmppjson.storage.sqlite import SQLiteStore
 
 UTC = datetime.UTC
@@ -1061,6 +1062,22 @@ class SQLiteMemoryTests(StoreTestsMixin, unittest.TestCase):
         await self.store.createUser("alice", CREDS)
         await task.deferLater(reactor, 0.05, lambda: None)
         self.assertTrue(await self.store.userExists("alice"))
+
+
+class InsertManyTests(unittest.TestCase):
+    """SQLite's multi-row statements (L{SQLiteStore._insertMany}), without a database."""
+
+    def test_cutIntoFewStatementsUnderTheParameterLimit(self) -> None:
+        store = SQLiteStore(":memory:")
+        for width, count in ((10, 1401), (40, 1000), (3, 1)):
+            rows = [tuple(f"{r}-{c}" for c in range(width)) for r in range(count)]
+            statements = store._insertMany("INSERT INTO t (...)", ("text",) * width, rows, "")
+            self.assertEqual([v for _, params in statements for v in params],
+                             [v for row in rows for v in row])
+            for sql, params in statements:
+                self.assertLessEqual(len(params), sqlite._MAX_PARAMETERS)
+                self.assertEqual(sql.count("%s"), len(params))
+            self.assertLessEqual(len({sql for sql, _ in statements}), 6)
 
 
 class OpenStoreTests(unittest.TestCase):

@@ -48,9 +48,10 @@ _BUSY_TIMEOUT = 5.0
 
 
 # Rows per multi-row INSERT statement (L{SQLiteStore._insertMany}), largest first: a batch of
-# any size is cut into these, so that few statement texts exist.  1024 rows of 10 columns bind
-# 10240 parameters, below SQLite's limit (32766 since 3.32).
+# any size is cut into these, so that few statement texts exist.  Sizes that would bind more
+# than SQLite's parameter limit (32766 since 3.32) for the row width are skipped.
 _VALUES_ROWS = (1024, 256, 64, 16, 4, 1)
+_MAX_PARAMETERS = 32766
 
 
 @lru_cache(maxsize=64)
@@ -223,14 +224,16 @@ class SQLiteStore(SQLStore):
         the reactor thread is busy that wait is up to the interpreter's switch interval (5 ms)
         per row, and a batch of 1000 archived messages took 0.4-0.7 s instead of 7 ms.  Here a
         statement is stepped once for hundreds of rows.  (Rows passed as one JSON parameter
-        read back with C{json_each} cost twice the CPU per row: every C{json_extract} parses
-        the row's text again; docs/performance.md, "Archive write cost".)
+        read back with C{json_each} cost half as much CPU again per row: every C{json_extract}
+        parses the row's text again; docs/performance.md, item 11.)
         """
         statements: list[Statement] = []
         width = len(types)
         start = 0
         left = len(rows)
         for size in _VALUES_ROWS:
+            if size > 1 and size * width > _MAX_PARAMETERS:
+                continue
             while left >= size:
                 chunk = rows[start:start + size]
                 statements.append(
