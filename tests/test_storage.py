@@ -38,9 +38,9 @@ from xmppjson.storage import (
     UserExists,
     openStore,
     schema,
+    sqlite,
 )
 from xmppjson.storage.sql import SchemaTooNew, SQLStore
-from xmppjson.storage import sqlite
 from xmppjson.storage.sqlite import SQLiteStore
 
 UTC = datetime.UTC
