@@ -263,6 +263,71 @@ def run(name: str, messages: int, batch: int, users: int, directory: str,
     return spent / messages * 1e6
 
 
+def runStore(code: str, messages: int, batch: int, pairs: int, directory: str) -> tuple[float, float]:
+    """
+    The server's own archive writer on SQLite: the store of C{code} (a checkout or a snapshot
+    of any version, see bench/benchlib.snapshot) builds its statements for batches of chat
+    messages between C{pairs} fixed pairs of users, and they run on a file database with the
+    server's connection settings.  Returns CPU µs per message: (Python building the
+    statements, as the reactor thread does; SQLite running them, as the writer thread does).
+    """
+    import datetime
+    import importlib
+    import sys
+
+    sys.path.insert(0, code)
+    try:
+        for name in [n for n in sys.modules if n == "xmppjson" or n.startswith("xmppjson.")]:
+            del sys.modules[name]
+        storage = importlib.import_module("xmppjson.storage")
+        schema = importlib.import_module("xmppjson.storage.schema")
+        sqliteStore = importlib.import_module("xmppjson.storage.sqlite")
+        stanzas = importlib.import_module("xmppjson.im.stanzas")
+    finally:
+        sys.path.remove(code)
+    path = os.path.join(directory, "store.sqlite3")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    sqliteStore._configure(conn)
+    for _, statements in schema.migrationsAfter(0, "sqlite"):
+        for statement in statements:
+            conn.execute(statement)
+    users = [f"user{i:04d}" for i in range(2 * pairs)]
+    conn.executemany("INSERT INTO users (localpart, created) VALUES (?, '2026-01-01')",
+                     [(u,) for u in users])
+    store = sqliteStore.SQLiteStore(path)
+    store._archiveLastId = 0
+    rng = random.Random(7)
+    when = datetime.datetime(2026, 11, 27, tzinfo=datetime.UTC)
+    python = database = 0.0
+    for _ in range(messages // batch):
+        chunk = []
+        for n in range(batch):
+            pair = rng.randrange(pairs)
+            s, r = (2 * pair, 2 * pair + 1) if n % 2 else (2 * pair + 1, 2 * pair)
+            when += datetime.timedelta(microseconds=70)
+            chunk.append(storage.ArchiveMessage(
+                stanzas.newStanzaId(), when, users[r], users[s], f"{users[s]}@localhost",
+                "bench", f"{users[r]}@localhost", "bench", XML.format(r=r, s=s, n=n)))
+        started = time.process_time()
+        if hasattr(store, "_archiveBatch"):  # schema version 6 and later
+            rows, sids, _ = store._archiveBatch(chunk)
+            statements = store._archiveWrites(rows, sids)
+        else:
+            statements = store._archiveWrites(chunk)
+        built = time.process_time()
+        conn.execute("BEGIN")
+        for sql, params in statements:
+            conn.execute(sqliteStore._qmark(sql), tuple(params))
+        conn.execute("COMMIT")
+        python += built - started
+        database += time.process_time() - built
+    conn.close()
+    return python / messages * 1e6, database / messages * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20000)
@@ -276,7 +341,25 @@ def main() -> None:
                         help="extra PRAGMA before the tables are made (page_size=1024, ...)")
     parser.add_argument("--ordered-sids", action="store_true",
                         help="stanza-ids that begin with the time (as xmppjson's do) instead of random ones")
+    parser.add_argument("--store", action="append", default=[], metavar="CODE",
+                        help="time the server's own archive writer from this checkout or"
+                        " snapshot instead of the candidates (repeat to compare versions)")
     args = parser.parse_args()
+    if args.store:
+        best2: dict[str, tuple[float, float]] = {}
+        with tempfile.TemporaryDirectory() as directory:
+            for _ in range(args.rounds):
+                for code in args.store:
+                    python, database = runStore(code, args.messages, args.batch,
+                                                args.pairs or 50, directory)
+                    old = best2.get(code, (float("inf"), float("inf")))
+                    best2[code] = (min(old[0], python), min(old[1], database))
+        print(f"{args.messages} messages, {args.pairs or 50} pairs, {args.batch} per"
+              f" transaction; CPU µs per message, best of {args.rounds}: Python + SQLite")
+        for code in args.store:
+            python, database = best2[code]
+            print(f"  {code}: {python:.2f} + {database:.2f} = {python + database:.2f}")
+        return
     global ORDERED_SIDS
     ORDERED_SIDS = args.ordered_sids
     names = [n for n in args.only.split(",") if n] or list(CANDIDATES)

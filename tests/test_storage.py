@@ -13,6 +13,7 @@ import datetime
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
@@ -24,6 +25,7 @@ from twisted.trial import unittest
 
 from tests import pgtest
 from xmppjson.error import StoreUnavailable
+from xmppjson.im.stanzas import newStanzaId
 from xmppjson.storage import (
     PROFILE_FIELDS,
     ArchiveEntry,
@@ -40,10 +42,12 @@ from xmppjson.storage import (
     schema,
     sqlite,
 )
-from xmppjson.storage.sql import SchemaTooNew, SQLStore
+from xmppjson.storage.buckets import sidMicros
+from xmppjson.storage.sql import SchemaTooNew, SQLStore, micros
 from xmppjson.storage.sqlite import SQLiteStore
 
 UTC = datetime.UTC
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 T0 = datetime.datetime(2024, 5, 17, 12, 30, 15, 123456, tzinfo=UTC)
 FAST_RETRY = (0.01, 0.05)
 
@@ -829,13 +833,14 @@ class StoreTestsMixin(_MixinBase):
         self.assertEqual((await self.store.queryArchive("alice", ArchiveQuery())).count, 0)
         await self.store.deleteUser("bob")
         # nobody keeps anything: no row is left behind
-        rows = await self.store._fetch("SELECT COUNT(*) FROM archive_messages")
+        rows = await self.store._fetch("SELECT COUNT(*) FROM archive_buckets")
         self.assertEqual(rows, [(0,)])
 
     async def test_archiveIdsFollowTime(self) -> None:
         """
-        Ids are given in order and never below the message's time, also by a second store on
-        the same database (a cluster node) whose idea of the last id is stale.
+        A stanza-id that does not carry its time gets an archive id in order and never below
+        the message's time, also from a second store on the same database (a cluster node)
+        whose idea of the last id is stale: equal ids are ordered by stanza-id.
         """
         if not self.reopenable:
             raise unittest.SkipTest("one store per database")
@@ -851,30 +856,128 @@ class StoreTestsMixin(_MixinBase):
         early = T0 - datetime.timedelta(seconds=10)
         self.assertEqual(await other.archiveMessages([message("b0", early)]), 1)
         self.assertEqual(await self.store.archiveMessages([message("a1", T0)]), 1)
-        # "other" would give T0's id again: it takes the next free one instead
+        self.assertEqual(await self.store.archiveMessages([message("a2", early)]), 1)
         self.assertEqual(await other.archiveMessages([message("b1", T0)]), 1)
-        rows = await self.store._fetch("SELECT sid, id, stamp FROM archive_messages ORDER BY id")
-        t0 = (T0 - datetime.datetime(1970, 1, 1, tzinfo=UTC)) // datetime.timedelta(
-            microseconds=1)
-        self.assertEqual([(sid, int(i), int(s)) for sid, i, s in rows], [
-            ("b0", t0 - 10_000_000, t0 - 10_000_000), ("a1", t0, t0), ("b1", t0 + 1, t0)])
+        rows = await self.store._fetch("SELECT sid, id FROM archive_sids ORDER BY id, sid")
+        t0 = micros(T0)
+        self.assertEqual([(sid, int(i)) for sid, i in rows], [
+            ("b0", t0 - 10_000_000), ("a1", t0), ("b1", t0), ("a2", t0 + 1)])
         page = await self.store.queryArchive("alice", ArchiveQuery())
-        self.assertEqual([e.stamp for e in page.entries], [early, T0, T0])
+        self.assertEqual([(e.id, e.stamp) for e in page.entries],
+                         [("b0", early), ("a1", T0), ("b1", T0), ("a2", early)])
+        page = await self.store.queryArchive("alice", ArchiveQuery(after="a1"))
+        self.assertEqual([e.id for e in page.entries], ["b1", "a2"])
 
-    async def test_archiveFromVersion3(self) -> None:
-        """Version 5 takes version 3's two rows per message into one, keeping every archive."""
+    async def test_archiveServerIdsCarryTheirTime(self) -> None:
+        """
+        The server's stanza-ids give their archive id themselves (nothing in archive_sids),
+        and a batch is one bucket per conversation, whichever way its messages went.
+        """
+        await self.store.createUser("alice", CREDS)
+        await self.store.createUser("bob", CREDS)
+        sids = [newStanzaId() for _ in range(5)]
+        messages = [
+            ArchiveMessage(sid, T0, "bob", "alice", "alice@localhost", "pc", "bob@localhost",
+                           "", f"<message id='{n}'/>") if n % 2 else
+            ArchiveMessage(sid, T0, "alice", "bob", "bob@localhost", "", "alice@localhost",
+                           "pc", f"<message id='{n}'/>")
+            for n, sid in enumerate(sids[:4])
+        ] + [ArchiveMessage(sids[4], T0, None, "alice", "alice@localhost", "", "carol@other",
+                            "", "<message id='4'/>")]
+        self.assertEqual(await self.store.archiveMessages(messages), 5)
+        self.assertEqual(await self.store._fetch("SELECT COUNT(*) FROM archive_sids"), [(0,)])
+        rows = await self.store._fetch(
+            "SELECT party_a, party_b, jid_a, jid_b, first_id, last_id, messages"
+            " FROM archive_buckets ORDER BY jid_b")
+        times = [sidMicros(sid) for sid in sids]
+        self.assertEqual([(*row[:4], int(row[4]), int(row[5]), int(row[6])) for row in rows], [
+            ("alice", "bob", "alice@localhost", "bob@localhost", times[0], times[3], 4),
+            ("alice", None, "alice@localhost", "carol@other", times[4], times[4], 1),
+        ])
+        page = await self.store.queryArchive("alice", ArchiveQuery(after=sids[1]))
+        self.assertEqual([e.id for e in page.entries], sids[2:])
+        self.assertEqual((page.count, page.index), (5, 2))
+        page = await self.store.queryArchive("bob", ArchiveQuery())
+        self.assertEqual([(e.id, e.withJID, e.withResource, e.outgoing) for e in page.entries], [
+            (sids[0], "alice@localhost", "pc", True), (sids[1], "alice@localhost", "pc", False),
+            (sids[2], "alice@localhost", "pc", True), (sids[3], "alice@localhost", "pc", False),
+        ])
+        # written again (a batch whose commit was not known to have happened): skipped
+        self.assertEqual(await self.store.archiveMessages(messages), 0)
+        self.assertEqual(await self.store.archiveMessages(messages[1:] + messages[:1]), 0)
+        page = await self.store.queryArchive("alice", ArchiveQuery())
+        self.assertEqual([e.id for e in page.entries], sids)
+
+    async def test_archiveManyBuckets(self) -> None:
+        """
+        Pages, counts and positions across many buckets that overlap (one batch, several
+        correspondents), forwards and backwards, are those of the archive as one list.
+        """
+        await self.store.createUser("alice", CREDS)
+        everything: list[ArchiveEntry] = []
+        n = 0
+        for batch in range(6):
+            entries = []
+            for _ in range(batch * 3 + 1):
+                contact = ("bob", "carol", "dave")[n % 3 if batch % 2 else n % 2]
+                entries.append(ArchiveEntry(
+                    "alice", newStanzaId(), T0 + datetime.timedelta(seconds=n),
+                    f"{contact}@localhost", "pc" if n % 5 == 0 else "", n % 4 == 0,
+                    f"<message id='{n}'><body>{n}</body></message>"))
+                n += 1
+            self.assertEqual(
+                await self.store.archiveMessages([messageOf(e) for e in entries]), len(entries))
+            everything += entries
+        self.store._BUCKETS_PER_READ = 2  # type: ignore[misc]
+        ids = [e.id for e in everything]
+        for query, expected in [
+            (ArchiveQuery(max=4), everything),
+            (ArchiveQuery(max=5, before=""), everything),
+            (ArchiveQuery(withJID="carol@localhost", max=3),
+             [e for e in everything if e.withJID == "carol@localhost"]),
+            (ArchiveQuery(withJID="bob@localhost", withResource="pc", max=2),
+             [e for e in everything if e.withJID == "bob@localhost" and e.withResource == "pc"]),
+            (ArchiveQuery(start=T0 + datetime.timedelta(seconds=7),
+                          end=T0 + datetime.timedelta(seconds=30), max=6),
+             everything[7:31]),
+            (ArchiveQuery(afterId=ids[3], beforeId=ids[40], max=7), everything[4:40]),
+            (ArchiveQuery(ids=tuple(ids[::9]), max=2), everything[::9]),
+        ]:
+            backward = query.before is not None
+            pages: list[ArchiveEntry] = []
+            page = await self.store.queryArchive("alice", query)
+            while True:
+                self.assertEqual(page.count, len(expected))
+                if page.entries:
+                    self.assertEqual(page.index, expected.index(page.entries[0]))
+                pages = page.entries + pages if backward else pages + page.entries
+                if page.complete:
+                    break
+                edge = page.entries[0].id if backward else page.entries[-1].id
+                page = await self.store.queryArchive("alice", replace(
+                    query, **({"before": edge} if backward else {"after": edge})))
+            self.assertEqual(pages, expected)
+        self.assertEqual(await self.store.archiveBounds("alice"),
+                         (everything[0], everything[-1]))
+
+    async def storeAtVersion(self, version: int) -> SQLStore:
+        """The test's store, started afresh on an empty database of schema C{version}."""
         saved = schema.MIGRATIONS, schema.CURRENT_VERSION
         await self.store.close()
         self.emptyDatabase()
         self.store = self.makeStore()
         self.addCleanup(self.store.close)
-        schema.MIGRATIONS = [m for m in saved[0] if m[0] < 5]
-        schema.CURRENT_VERSION = 4
+        schema.MIGRATIONS = [m for m in saved[0] if m[0] <= version]
+        schema.CURRENT_VERSION = version
         try:
             await self.store.start()
         finally:
             schema.MIGRATIONS, schema.CURRENT_VERSION = saved
-        store = self.store
+        return self.store
+
+    async def test_archiveFromVersion3(self) -> None:
+        """Version 5 takes version 3's two rows per message into one, keeping every archive."""
+        store = await self.storeAtVersion(4)
         for user in ("alice", "bob"):
             await store.createUser(user, CREDS)
         v3 = [
@@ -896,7 +999,7 @@ class StoreTestsMixin(_MixinBase):
             for o, i, t, w, r, out, x in v3
         ])
         await store._upgrade()
-        self.assertEqual(store.migrationsApplied, [5])
+        self.assertEqual(store.migrationsApplied, [5, 6])
         self.assertEqual(await store.getSchemaVersion(), schema.CURRENT_VERSION)
         expected = {
             "alice": [ArchiveEntry("alice", i, t, w, r, out, x)
@@ -915,6 +1018,56 @@ class StoreTestsMixin(_MixinBase):
         self.assertEqual(await store.purgeArchive(T0 + datetime.timedelta(seconds=1)), 3)
         page = await store.queryArchive("alice", ArchiveQuery())
         self.assertEqual([e.id for e in page.entries], ["m4"])
+
+    async def test_archiveFromVersion5(self) -> None:
+        """
+        Version 6 takes version 5's rows into buckets, each party's archive whole, its
+        stanza-ids still found; new messages go after them.
+        """
+        store = await self.storeAtVersion(5)
+        for user in ("alice", "bob"):
+            await store.createUser(user, CREDS)
+        t0 = micros(T0)
+        xml = "<message id='1'><body>Zażółć gęślą jaźń</body></message>"
+        v5 = [
+            # id, sid, stamp, owner_in, owner_out, sender, resource, recipient, resource, xml
+            (t0, "m1", t0, "bob", "alice", "alice@localhost", "pc", "bob@localhost", "", xml),
+            (t0 + 1, newStanzaId(), t0, "alice", None, "localhost", "", "alice@localhost",
+             "x", "<message id='2'/>"),
+            (t0 + 5, "m3", t0 + 5, None, "bob", "bob@localhost", "", "carol@other", "r",
+             "<message id='3'/>"),
+        ]
+        await store._batch([
+            (("INSERT INTO archive_messages (id, sid, stamp, owner_in, owner_out, sender_jid,"
+              " sender_resource, recipient_jid, recipient_resource, xml)"
+              " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"), row)
+            for row in v5
+        ])
+        await store._upgrade()
+        self.assertEqual(store.migrationsApplied, [6])
+        when = [EPOCH + datetime.timedelta(microseconds=row[2]) for row in v5]
+        alices = [
+            ArchiveEntry("alice", "m1", when[0], "bob@localhost", "", True, xml),
+            ArchiveEntry("alice", v5[1][1], when[1], "localhost", "", False, "<message id='2'/>"),
+        ]
+        bobs = [
+            ArchiveEntry("bob", "m1", when[0], "alice@localhost", "pc", False, xml),
+            ArchiveEntry("bob", "m3", when[2], "carol@other", "r", True, "<message id='3'/>"),
+        ]
+        self.assertEqual((await store.queryArchive("alice", ArchiveQuery())).entries, alices)
+        self.assertEqual((await store.queryArchive("bob", ArchiveQuery())).entries, bobs)
+        page = await store.queryArchive("alice", ArchiveQuery(after="m1"))
+        self.assertEqual((page.entries, page.index), (alices[1:], 1))
+        page = await store.queryArchive("bob", ArchiveQuery(beforeId="m3"))
+        self.assertEqual(page.entries, bobs[:1])
+        fresh = newStanzaId()
+        await store.archiveMessages([ArchiveMessage(
+            fresh, T0, "bob", "alice", "alice@localhost", "", "bob@localhost", "", "<message/>")])
+        page = await store.queryArchive("alice", ArchiveQuery(max=1, before=""))
+        self.assertEqual([e.id for e in page.entries], [fresh])
+        self.assertEqual(await store.purgeArchive(T0 + datetime.timedelta(microseconds=5)), 3)
+        page = await store.queryArchive("bob", ArchiveQuery())
+        self.assertEqual([e.id for e in page.entries], ["m3"])
 
     # ---- blocklist (XEP-0191) ------------------------------------------------------------
 

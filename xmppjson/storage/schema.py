@@ -51,6 +51,8 @@ DIALECTS: dict[str, dict[str, str]] = {
             "CAST(ROUND((julianday(substr(stamp, 1, 19)) - 2440587.5) * 86400) AS INTEGER)"
             " * 1000000 + CAST(substr(stamp, 21, 6) AS INTEGER)"
         ),
+        # The archive records' field separator (xmppjson.storage.buckets.SEP).
+        "sep": "char(31)",
     },
     "postgresql": {
         "serial": "BIGSERIAL PRIMARY KEY",
@@ -61,6 +63,7 @@ DIALECTS: dict[str, dict[str, str]] = {
         "true": "TRUE",
         "bigid": "BIGINT PRIMARY KEY",
         "v3_stamp_micros": "ROUND(EXTRACT(EPOCH FROM stamp) * 1000000)::BIGINT",
+        "sep": "chr(31)",
     },
 }
 
@@ -284,6 +287,60 @@ MIGRATIONS.append(
                 " ON CONFLICT (sid) DO NOTHING"
             ),
             "DROP TABLE archive",
+        ],
+    )
+)
+
+MIGRATIONS.append(
+    (
+        6,
+        [
+            # The message archive in conversation buckets (xmppjson.storage.buckets;
+            # docs/history.md, "Storage"): one row per conversation and batch of the archive
+            # writer, holding that batch's messages between two addresses as records, instead
+            # of one row per message with an entry in three indexes.  "party_a"/"party_b" are
+            # the users whose archives hold the bucket (NULL: nobody's on that side), "jid_a"/
+            # "jid_b" the two bare JIDs; ids and stamps are microseconds; "messages" counts the
+            # records.  A message is in one bucket, so its first stanza-id names a bucket.
+            (
+                "CREATE TABLE archive_buckets ("
+                " party_a TEXT REFERENCES users (localpart) ON DELETE SET NULL,"
+                " party_b TEXT REFERENCES users (localpart) ON DELETE SET NULL,"
+                " jid_a TEXT NOT NULL,"
+                " jid_b TEXT NOT NULL,"
+                " first_id BIGINT NOT NULL,"
+                " first_sid TEXT NOT NULL UNIQUE,"
+                " last_id BIGINT NOT NULL,"
+                " first_stamp BIGINT NOT NULL,"
+                " last_stamp BIGINT NOT NULL,"
+                " messages INTEGER NOT NULL,"
+                " data TEXT NOT NULL)"
+            ),
+            # One user's archive in order (either side), whole or with one correspondent; the
+            # purge goes by time.
+            "CREATE INDEX archive_buckets_a ON archive_buckets (party_a, first_id)",
+            "CREATE INDEX archive_buckets_b ON archive_buckets (party_b, first_id)",
+            "CREATE INDEX archive_buckets_a_with ON archive_buckets (party_a, jid_b, first_id)",
+            "CREATE INDEX archive_buckets_b_with ON archive_buckets (party_b, jid_a, first_id)",
+            "CREATE INDEX archive_buckets_stamp ON archive_buckets (first_stamp)",
+            # The archive id of each stanza-id that does not carry it (see buckets.sidMicros):
+            # those of the messages archived before this version, and any other.  A stanza-id
+            # is archived once: a message written again is found here or in its bucket.
+            "CREATE TABLE archive_sids (sid TEXT PRIMARY KEY, id BIGINT NOT NULL)",
+            "INSERT INTO archive_sids (sid, id) SELECT sid, id FROM archive_messages",
+            # Every message of version 5 becomes a bucket of one record: side a the recipient,
+            # side b the sender.
+            (
+                "INSERT INTO archive_buckets (party_a, party_b, jid_a, jid_b, first_id,"
+                " first_sid, last_id, first_stamp, last_stamp, messages, data)"
+                " SELECT owner_in, owner_out, recipient_jid, sender_jid, id, sid, id, stamp,"
+                " stamp, 1,"
+                " CAST(id AS TEXT) || {sep} || sid || {sep} || CAST(stamp AS TEXT) || {sep}"
+                " || recipient_resource || {sep} || sender_resource || {sep} || 'b' || {sep}"
+                " || CAST(LENGTH(xml) AS TEXT) || {sep} || xml"
+                " FROM archive_messages WHERE owner_in IS NOT NULL OR owner_out IS NOT NULL"
+            ),
+            "DROP TABLE archive_messages",
         ],
     )
 )

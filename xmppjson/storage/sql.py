@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -58,6 +59,16 @@ from xmppjson.storage import (
     UnknownUser,
     UserExists,
     schema,
+)
+from xmppjson.storage.buckets import (
+    MAX_SPAN,
+    SEP,
+    BucketRows,
+    Record,
+    decode,
+    decodeRaw,
+    encode,
+    sidMicros,
 )
 
 UTC = datetime.UTC
@@ -123,6 +134,104 @@ def utc(when: datetime.datetime) -> datetime.datetime:
     if when.tzinfo is None:
         return when.replace(tzinfo=UTC)
     return when.astimezone(UTC)
+
+
+def _conditions(comparisons: Sequence[tuple[str, str, Any]], where: list[str],
+                params: list[Any]) -> None:
+    """Add C{column op value} to C{where} and C{params} for each value that is not C{None}."""
+    for column, op, value in comparisons:
+        if value is not None:
+            where.append(f"{column} {op} %s")
+            params.append(value)
+
+
+def _recordKey(item: tuple[Record, str]) -> tuple[int, str]:
+    return item[0].id, item[0].sid
+
+
+@dataclass(frozen=True)
+class _Span:
+    """
+    Which records of one archive a read takes: a query's filters, and a page's edges.  Ids and
+    stamps are microseconds; C{low} and C{high} are C{(id, sid)} keys, excluded; C{start} and
+    C{end} are included.  The correspondent's bare JID is a bucket's; the rest is each
+    record's.
+    """
+
+    withJID: str | None = None
+    withResource: str | None = None
+    start: int | None = None
+    end: int | None = None
+    low: tuple[int, str] | None = None
+    high: tuple[int, str] | None = None
+    sids: frozenset[str] | None = None
+    idRange: tuple[int, int] | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Whether a bucket all of whose records are inside the span's edges is all in it."""
+        return self.withResource is None and self.sids is None
+
+    def within(self, low: tuple[int, str] | None, high: tuple[int, str] | None) -> _Span:
+        """This span, cut to the page after C{low} and before C{high} (C{None}: no edge)."""
+        if low is not None and self.low is not None:
+            low = max(low, self.low)
+        if high is not None and self.high is not None:
+            high = min(high, self.high)
+        return replace(self, low=self.low if low is None else low,
+                       high=self.high if high is None else high)
+
+    def bucketCondition(self, owner: str, side: tuple[str, str, str]) -> tuple[str, list[Any]]:
+        """
+        The condition on the buckets that name C{owner} on C{side} (see
+        L{SQLStore._ARCHIVE_SIDES}) and may hold records in the span.
+        """
+        ownerColumn, withColumn, _ = side
+        where = [f"{ownerColumn} = %s"]
+        params: list[Any] = [owner]
+        if self.withJID is not None:
+            where.append(f"{withColumn} = %s")
+            params.append(self.withJID)
+        # A bucket ending at or after an id begins at most MAX_SPAN before it: the index on
+        # first ids finds it.
+        lowest = max([edge for edge in (self.low and self.low[0],
+                                        self.idRange and self.idRange[0]) if edge is not None],
+                     default=None)
+        _conditions((
+            ("first_id", ">=", None if lowest is None else lowest - MAX_SPAN),
+            ("last_id", ">=", lowest),
+            ("first_id", "<=", self.high and self.high[0]),
+            ("first_id", "<=", self.idRange and self.idRange[1]),
+            ("last_stamp", ">=", self.start),
+            ("first_stamp", "<=", self.end),
+        ), where, params)
+        return " AND ".join(where), params
+
+    def insideCondition(self) -> tuple[str, list[Any]]:
+        """The condition on buckets whose records are all inside the span's edges."""
+        where: list[str] = []
+        params: list[Any] = []
+        _conditions((
+            ("first_id", ">", self.low and self.low[0]),
+            ("last_id", "<", self.high and self.high[0]),
+            ("first_stamp", ">=", self.start),
+            ("last_stamp", "<=", self.end),
+        ), where, params)
+        return " AND ".join(where) or "1 = 1", params
+
+    def holds(self, record: Record) -> bool:
+        """Whether a record of a bucket this span reads is in the span."""
+        if self.low is not None and (record.id, record.sid) <= self.low:
+            return False
+        if self.high is not None and (record.id, record.sid) >= self.high:
+            return False
+        if self.start is not None and record.stamp < self.start:
+            return False
+        if self.end is not None and record.stamp > self.end:
+            return False
+        if self.withResource is not None and record.resource != self.withResource:
+            return False
+        return self.sids is None or record.sid in self.sids
 
 
 class SQLStore:
@@ -541,11 +650,11 @@ class SQLStore:
         Fires with whether the user existed.
         """
         results = await self._batch([
-            # The user's archived messages that nobody else's archive holds; in the others'
-            # the foreign keys forget the user (SET NULL).
-            ("DELETE FROM archive_messages WHERE owner_in = %s AND owner_out IS NULL",
+            # The user's archived conversations that nobody else's archive holds; in the
+            # others' the foreign keys forget the user (SET NULL).
+            ("DELETE FROM archive_buckets WHERE party_a = %s AND party_b IS NULL",
              (localpart,)),
-            ("DELETE FROM archive_messages WHERE owner_out = %s AND owner_in IS NULL",
+            ("DELETE FROM archive_buckets WHERE party_b = %s AND party_a IS NULL",
              (localpart,)),
             ("DELETE FROM users WHERE localpart = %s RETURNING localpart", (localpart,)),
         ])
@@ -784,21 +893,23 @@ class SQLStore:
 
     # ---------------------------------------------------------------- message archive
 
-    # One row per message (schema version 5, docs/history.md): each party's archive is the
-    # rows naming it in one of two columns, read through its own index.  A "side" is what a
-    # query of one archive reads from the rows that name its owner in one column: the owner
-    # column, the other party's bare JID and resource, and whether that is the sent copy.
-    _ARCHIVE_SIDES = (
-        ("owner_in", "sender_jid", "sender_resource", 0),
-        ("owner_out", "recipient_jid", "recipient_resource", 1),
+    # Schema version 6 (xmppjson.storage.buckets; docs/history.md, "Storage"): an archive is
+    # the buckets naming its owner on one of their two sides.  A "side" is what a query of one
+    # archive reads from the buckets that name its owner in one column: the owner column, the
+    # column of the other side's address, and the side's letter in the records.
+    _ARCHIVE_SIDES = (("party_a", "jid_b", "a"), ("party_b", "jid_a", "b"))
+    _BUCKET_INSERT = (
+        "INSERT INTO archive_buckets (party_a, party_b, jid_a, jid_b, first_id, first_sid,"
+        " last_id, first_stamp, last_stamp, messages, data)"
     )
-    _ARCHIVE_INSERT = (
-        "INSERT INTO archive_messages (id, sid, stamp, owner_in, owner_out, sender_jid,"
-        " sender_resource, recipient_jid, recipient_resource, xml)"
-    )
-    _ARCHIVE_TYPES = ("bigint", "text", "bigint") + ("text",) * 7
+    _BUCKET_TYPES = ("text",) * 4 + ("bigint", "text", "bigint", "bigint", "bigint", "integer",
+                                     "text")
+    _SIDS_INSERT = "INSERT INTO archive_sids (sid, id)"
+    _SIDS_TYPES = ("text", "bigint")
+    #: Buckets one read of an archive fetches (each holds up to one batch of messages).
+    _BUCKETS_PER_READ = 8
     # The highest archive id this store has given or seen (None: not read from the database
-    # yet).  Ids are given here, not by the database: no RETURNING, and ids follow the time.
+    # yet), for the ids it gives stanza-ids that do not carry their own (buckets.sidMicros).
     _archiveLastId: int | None = None
 
     def _insertMany(self, head: str, types: tuple[str, ...], rows: list[tuple[Any, ...]],
@@ -806,39 +917,63 @@ class SQLStore:
         """
         The statements that insert C{rows} (one value per column, of the SQL C{types}) in
         their order: C{head} (C{INSERT INTO t (columns)}), the rows, C{tail} (C{ON CONFLICT
-        ...}).  Each backend has its cheap way of passing many rows at once (SQLite: one JSON
-        parameter; PostgreSQL: one array per column), rather than long C{VALUES} lists.
+        ...}).  Each backend has its cheap way of passing many rows at once (SQLite: a few
+        multi-row C{VALUES} statements; PostgreSQL: one array per column).
         """
         raise NotImplementedError()
 
-    async def _archiveSeedId(self) -> int:
-        rows = await self._fetch("SELECT COALESCE(MAX(id), 0) FROM archive_messages")
-        seen = int(rows[0][0])
-        last = max(seen, self._archiveLastId or 0)
-        self._archiveLastId = last
-        return last
+    async def _archiveSeedId(self) -> None:
+        rows = await self._fetch("SELECT COALESCE(MAX(last_id), 0) FROM archive_buckets")
+        self._archiveLastId = max(int(rows[0][0]), self._archiveLastId or 0)
 
-    def _archiveRows(self, messages: Sequence[ArchiveMessage]) -> list[tuple[Any, ...]]:
+    def _archiveBatch(
+        self, messages: Sequence[ArchiveMessage]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]], int]:
         """
-        The rows of C{messages}, with their ids: each above the previous one, and never below
-        the message's time in microseconds (so that ids follow time: the purge goes by id, and
-        the nodes of a cluster hardly ever pick the same id).
+        The bucket rows of C{messages}, the C{archive_sids} rows of those whose stanza-id does
+        not carry its archive id (given here: above the previous one, and never below the
+        message's time), and how many messages they hold.
         """
         last = self._archiveLastId or 0
-        rows = []
+        buckets = BucketRows()
+        add = buckets.add
+        sids: list[tuple[str, int]] = []
+        count = 0
         for m in messages:
-            micros = (m.stamp - EPOCH) // MICROSECOND
-            last = last + 1 if last >= micros else micros
-            rows.append((last, m.id, micros, m.recipient, m.sender, m.senderJID,
-                         m.senderResource, m.recipientJID, m.recipientResource, m.xml))
+            sid = m.id
+            senderResource = m.senderResource
+            recipientResource = m.recipientResource
+            if SEP in sid or SEP in senderResource or SEP in recipientResource:
+                continue  # cannot happen with valid JIDs and the server's ids: never stored
+            stamp = (m.stamp - EPOCH) // MICROSECOND
+            ident = sidMicros(sid)
+            if ident is None:
+                ident = last + 1 if last >= stamp else stamp
+                sids.append((sid, ident))
+            if ident > last:  # noqa: PLR1730 -- max() costs a call per message here
+                last = ident
+            xml = m.xml
+            senderJID = m.senderJID
+            recipientJID = m.recipientJID
+            # One bucket per conversation whichever way its messages go: side a is the
+            # smaller address (the recipient's, for a message to oneself).
+            if senderJID < recipientJID:
+                add((m.sender, m.recipient, senderJID, recipientJID), ident, sid, stamp,
+                    f"{ident}{SEP}{sid}{SEP}{stamp}{SEP}{senderResource}{SEP}"
+                    f"{recipientResource}{SEP}a{SEP}{len(xml)}{SEP}{xml}")
+            else:
+                add((m.recipient, m.sender, recipientJID, senderJID), ident, sid, stamp,
+                    f"{ident}{SEP}{sid}{SEP}{stamp}{SEP}{recipientResource}{SEP}"
+                    f"{senderResource}{SEP}b{SEP}{len(xml)}{SEP}{xml}")
+            count += 1
         self._archiveLastId = last
-        return rows
+        return buckets.rows(), sids, count
 
-    def _archiveWrites(self, messages: Sequence[ArchiveMessage]) -> list[Statement]:
-        return self._insertMany(
-            self._ARCHIVE_INSERT, self._ARCHIVE_TYPES, self._archiveRows(messages),
-            "ON CONFLICT (sid) DO NOTHING"
-        )
+    def _archiveWrites(self, rows: list[tuple[Any, ...]], sids: list[tuple[str, int]],
+                       tail: str = "") -> list[Statement]:
+        statements = (self._insertMany(self._SIDS_INSERT, self._SIDS_TYPES, sids, tail)
+                      if sids else [])
+        return statements + self._insertMany(self._BUCKET_INSERT, self._BUCKET_TYPES, rows, tail)
 
     @_deferred
     async def archiveMessages(self, messages: list[ArchiveMessage]) -> int:
@@ -855,72 +990,176 @@ class SQLStore:
             return 0
         if self._archiveLastId is None:
             await self._archiveSeedId()
+        rows, sids, count = self._archiveBatch(messages)
+        statements = self._archiveWrites(rows, sids)
+        del rows, sids
         try:
-            return sum(await self._counted(self._archiveWrites(messages)))
+            await self._counted(statements)
+            return count
         except IntegrityViolation:
             pass
         # A party's account was deleted while its messages waited (its foreign key failed), or
-        # another node of a cluster took one of the ids: keep everybody else's, with fresh ids.
-        await self._archiveSeedId()
+        # a message is archived already (a batch written again after a commit whose outcome
+        # was unknown, or the same stanza-id twice): keep everybody else's.
+        return await self._archiveCarefully(messages)
+
+    async def _fetchIn(self, sql: str, values: list[Any]) -> Rows:
+        """C{sql} with C{{marks}} standing for C{values}, in chunks that SQLite accepts."""
+        rows: Rows = []
+        for start in range(0, len(values), _DELETE_CHUNK):
+            chunk = values[start:start + _DELETE_CHUNK]
+            rows += await self._fetch(sql.format(marks=", ".join(["%s"] * len(chunk))), chunk)
+        return rows
+
+    async def _archiveCarefully(self, messages: list[ArchiveMessage]) -> int:
         owners = sorted({o for m in messages for o in (m.recipient, m.sender) if o is not None})
-        marks = ", ".join(["%s"] * len(owners))
-        rows = await self._fetch(
-            f"SELECT localpart FROM users WHERE localpart IN ({marks})", owners
-        )
-        existing = {row[0] for row in rows}
+        existing = {row[0] for row in await self._fetchIn(
+            "SELECT localpart FROM users WHERE localpart IN ({marks})", owners)}
+        seen = {row[0] for row in await self._fetchIn(
+            "SELECT sid FROM archive_sids WHERE sid IN ({marks})", sorted({m.id for m in messages}))}
+        # The stanza-ids of this batch already in a bucket (each owner's, around the ids).
+        spans: dict[str, list[int]] = {}
+        for m in messages:
+            ident = sidMicros(m.id)
+            if ident is not None:
+                for owner in (m.recipient, m.sender):
+                    if owner is not None and owner in existing:
+                        span = spans.setdefault(owner, [ident, ident])
+                        span[0] = min(span[0], ident)
+                        span[1] = max(span[1], ident)
+        for owner, (low, high) in spans.items():
+            around = _Span(low=(low - 1, ""), high=(high + 1, ""))
+            async for *_, data, side in self._archiveBuckets(owner, around):
+                seen.update(record.sid for record in decode(data, side))
         kept = []
         for m in messages:
+            if m.id in seen:
+                continue
+            seen.add(m.id)
             recipient = m.recipient if m.recipient in existing else None
             sender = m.sender if m.sender in existing else None
             if recipient is not None or sender is not None:
                 kept.append(m._replace(recipient=recipient, sender=sender))
         if not kept:
             return 0
-        return sum(await self._counted(self._archiveWrites(kept)))
+        await self._archiveSeedId()
+        rows, sids, count = self._archiveBatch(kept)
+        await self._counted(self._archiveWrites(rows, sids, "ON CONFLICT DO NOTHING"))
+        return count
 
-    def _archiveSelect(self, side: tuple[str, str, str, int]) -> str:
-        _, withColumn, resourceColumn, outgoing = side
-        return (f"SELECT id, sid, stamp, {withColumn} AS with_jid,"
-                f" {resourceColumn} AS with_resource, {outgoing} AS outgoing, xml"
-                " FROM archive_messages")
+    async def _archiveIds(self, sids: Sequence[str]) -> dict[str, int]:
+        """The archive id of each stanza-id that has one (in C{archive_sids}, else its own)."""
+        ids = {sid: int(ident) for sid, ident in await self._fetchIn(
+            "SELECT sid, id FROM archive_sids WHERE sid IN ({marks})", list(sids))}
+        for sid in sids:
+            if sid not in ids:
+                ident = sidMicros(sid)
+                if ident is not None:
+                    ids[sid] = ident
+        return ids
 
-    def _archiveEntry(self, owner: str, row: tuple[Any, ...]) -> ArchiveEntry:
-        _, sid, micros, withJID, withResource, outgoing, xml = row
-        return ArchiveEntry(
-            owner, sid, EPOCH + datetime.timedelta(microseconds=int(micros)), withJID,
-            withResource or "", bool(outgoing), xml,
-        )
+    async def _archiveKeys(self, owner: str, sids: list[str]) -> dict[str, tuple[int, str]]:
+        """
+        The place in the owner's archive (C{(id, sid)}) of each of C{sids}.
 
-    def _archiveFilters(
-        self, owner: str, query: ArchiveQuery, serials: dict[str, int],
-        side: tuple[str, str, str, int],
-    ) -> tuple[str, list[Any]]:
-        """The C{WHERE} condition of one side of an archive for the query's filters."""
-        ownerColumn, withColumn, resourceColumn, _ = side
-        where = [f"{ownerColumn} = %s"]
-        params: list[Any] = [owner]
-        if query.withJID is not None:
-            where.append(f"{withColumn} = %s")
-            params.append(query.withJID)
-            if query.withResource is not None:
-                where.append(f"{resourceColumn} = %s")
-                params.append(query.withResource)
-        if query.start is not None:
-            where.append("stamp >= %s")
-            params.append(micros(query.start))
-        if query.end is not None:
-            where.append("stamp <= %s")
-            params.append(micros(query.end))
-        if query.afterId:
-            where.append("id > %s")
-            params.append(serials[query.afterId])
-        if query.beforeId:
-            where.append("id < %s")
-            params.append(serials[query.beforeId])
-        if query.ids is not None:
-            where.append(f"sid IN ({', '.join(['%s'] * len(query.ids))})")
-            params.extend(query.ids)
-        return " AND ".join(where), params
+        @raise UnknownArchiveId: one is not in that archive.
+        """
+        ids = await self._archiveIds(sids)
+        keys = {}
+        for sid in sids:
+            ident = ids.get(sid)
+            if ident is not None:
+                around = _Span(low=(ident - 1, ""), high=(ident + 1, ""))
+                async for *_, data, side in self._archiveBuckets(owner, around):
+                    if any(record.sid == sid for record in decode(data, side)):
+                        keys[sid] = (ident, sid)
+                        break
+            if sid not in keys:
+                raise UnknownArchiveId(f"no message with id {sid!r} in the archive")
+        return keys
+
+    async def _archiveBuckets(
+        self, owner: str, span: _Span, backward: bool = False, where: str = "",
+        params: Params = (),
+    ) -> AsyncIterator[tuple[int, str, str, str, str]]:
+        """
+        C{(first_id, first_sid, with_jid, data, side)} of the owner's buckets that may hold
+        records in C{span}, in archive order of their first record (C{backward}: the
+        reverse), a few at a time; C{where} adds a condition.
+        """
+        direction = " DESC" if backward else ""
+        order = f"first_id{direction}, first_sid{direction}"
+        after = f"(first_id, first_sid) {'<' if backward else '>'} (%s, %s)"
+        limit = self._BUCKETS_PER_READ
+        cursor: tuple[Any, ...] = ()
+        while True:
+            parts = []
+            allParams: list[Any] = []
+            for side in self._ARCHIVE_SIDES:
+                _, withColumn, letter = side
+                condition, sideParams = span.bucketCondition(owner, side)
+                if where:
+                    condition += f" AND {where}"
+                    sideParams += params
+                if cursor:
+                    condition += f" AND {after}"
+                    sideParams += cursor
+                parts.append(
+                    f"SELECT * FROM (SELECT first_id, first_sid, {withColumn} AS with_jid,"
+                    f" data, '{letter}' AS side FROM archive_buckets WHERE {condition}"
+                    f" ORDER BY {order} LIMIT {limit}) AS side_{letter}")
+                allParams += sideParams
+            rows = await self._fetch(
+                f"{' UNION ALL '.join(parts)} ORDER BY {order} LIMIT {limit}", allParams)
+            for first, firstSid, withJID, data, side in rows:
+                yield int(first), firstSid, withJID, data, side
+            if len(rows) < limit:
+                return
+            cursor = (int(rows[-1][0]), rows[-1][1])
+
+    async def _archiveRead(self, owner: str, span: _Span, need: int,
+                           backward: bool) -> list[tuple[Record, str]]:
+        """
+        The first C{need} records of the owner's archive in C{span} with their correspondent,
+        in archive order (C{backward}: the last C{need}, newest first).
+        """
+        found: list[tuple[Record, str]] = []
+        async for first, _, withJID, data, side in self._archiveBuckets(owner, span, backward):
+            if len(found) >= need:
+                found.sort(key=_recordKey, reverse=backward)
+                del found[need:]
+                # Buckets come in the order of their first id, and none is wider than
+                # MAX_SPAN: once one begins after the page's edge (going backwards: ends
+                # before it, at the latest), no later one can change the page.
+                edge = found[-1][0].id
+                if (first + MAX_SPAN < edge) if backward else (first > edge):
+                    break
+            found += [(record, withJID) for record in decode(data, side) if span.holds(record)]
+        found.sort(key=_recordKey, reverse=backward)
+        return found[:need]
+
+    async def _archiveCount(self, owner: str, span: _Span) -> int:
+        """How many records of the owner's archive are in C{span}."""
+        if not span.exact:
+            return sum([sum(1 for record in decode(data, side) if span.holds(record))
+                        async for *_, data, side in self._archiveBuckets(owner, span)])
+        inside, insideParams = span.insideCondition()
+        count = 0
+        for columns in self._ARCHIVE_SIDES:
+            condition, params = span.bucketCondition(owner, columns)
+            rows = await self._fetch(
+                f"SELECT COALESCE(SUM(messages), 0) FROM archive_buckets WHERE {condition}"
+                f" AND {inside}", (*params, *insideParams))
+            count += int(rows[0][0])
+        # The buckets across an edge of the span: count their records one by one.
+        async for *_, data, side in self._archiveBuckets(owner, span, where=f"NOT ({inside})",
+                                                         params=insideParams):
+            count += sum(1 for record in decode(data, side) if span.holds(record))
+        return count
+
+    def _archiveEntry(self, owner: str, record: Record, withJID: str) -> ArchiveEntry:
+        return ArchiveEntry(owner, record.sid, EPOCH + MICROSECOND * record.stamp, withJID,
+                            record.resource, record.outgoing, record.xml)
 
     @_deferred
     async def queryArchive(self, owner: str, query: ArchiveQuery) -> ArchivePage:
@@ -928,106 +1167,91 @@ class SQLStore:
         One page of the owner's archive (see L{ArchiveQuery}); fails with L{UnknownArchiveId}
         when C{afterId}, C{beforeId}, C{after} or C{before} names an id not in the archive.
         """
-        # Archive ids are opaque strings; the order is the numeric id's, so look those up first.
-        named = sorted({i for i in (query.afterId, query.beforeId, query.after, query.before) if i})
-        serials: dict[str, int] = {}
-        if named:
-            marks = ", ".join(["%s"] * len(named))
-            rows = await self._fetch(
-                f"SELECT sid, id FROM archive_messages WHERE sid IN ({marks})"
-                " AND (owner_in = %s OR owner_out = %s)",
-                (*named, owner, owner),
-            )
-            serials = {sid: int(serial) for sid, serial in rows}
-            for sid in named:
-                if sid not in serials:
-                    raise UnknownArchiveId(f"no message with id {sid!r} in the archive")
-        if query.ids is not None and not query.ids:
-            return ArchivePage([], True, 0, None)
-        sides = [self._archiveFilters(owner, query, serials, side) for side in self._ARCHIVE_SIDES]
-
+        named = sorted({i for i in (query.afterId, query.beforeId, query.after, query.before)
+                        if i})
+        keys = await self._archiveKeys(owner, named) if named else {}
+        sids = None
+        idRange = None
+        if query.ids is not None:
+            ids = await self._archiveIds(query.ids)
+            if not ids:
+                return ArchivePage([], True, 0, None)
+            sids = frozenset(ids)
+            idRange = (min(ids.values()), max(ids.values()))
+        filters = _Span(
+            withJID=query.withJID, withResource=query.withResource,
+            start=None if query.start is None else micros(query.start),
+            end=None if query.end is None else micros(query.end),
+            low=keys.get(query.afterId or ""), high=keys.get(query.beforeId or ""),
+            sids=sids, idRange=idRange,
+        )
         entries: list[ArchiveEntry] = []
         complete = True
-        firstSerial = None
         if query.max > 0:
-            order = "DESC" if query.backward else "ASC"
-            parts: list[str] = []
-            params: list[Any] = []
-            for side, (where, sideParams) in zip(self._ARCHIVE_SIDES, sides):
-                if query.after:
-                    where += " AND id > %s"
-                    sideParams = [*sideParams, serials[query.after]]
-                if query.before:
-                    where += " AND id < %s"
-                    sideParams = [*sideParams, serials[query.before]]
-                # Each side reads at most one page plus one from its own index; the union is
-                # merged and cut.  One row more than the page tells whether it reaches the end.
-                parts.append(f"SELECT * FROM ({self._archiveSelect(side)} WHERE {where}"
-                             f" ORDER BY id {order} LIMIT %s) AS side{len(parts)}")
-                params.extend((*sideParams, query.max + 1))
-            rows = await self._fetch(
-                f"{' UNION ALL '.join(parts)} ORDER BY id {order} LIMIT %s",
-                (*params, query.max + 1),
-            )
-            complete = len(rows) <= query.max
-            rows = rows[: query.max]
+            page = filters.within(keys.get(query.after or ""), keys.get(query.before or ""))
+            found = await self._archiveRead(owner, page, query.max + 1, query.backward)
+            complete = len(found) <= query.max
+            del found[query.max:]
             if query.backward:
-                rows.reverse()
-            entries = [self._archiveEntry(owner, row) for row in rows]
-            if rows:
-                firstSerial = int(rows[0][0])
-
-        matching = " UNION ALL ".join(f"SELECT id FROM archive_messages WHERE {where}"
-                                      for where, _ in sides)
-        allParams = [p for _, sideParams in sides for p in sideParams]
-        if firstSerial is None:
-            counted = await self._fetch(
-                f"SELECT COUNT(*) FROM ({matching}) AS matching", allParams)
-            count = int(counted[0][0])
+                found.reverse()
+            entries = [self._archiveEntry(owner, record, withJID) for record, withJID in found]
+        count = await self._archiveCount(owner, filters)
+        if not entries:
             if query.max == 0:
                 complete = count == 0
             return ArchivePage(entries, complete, count, None)
-        counted = await self._fetch(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN id < %s THEN 1 ELSE 0 END), 0)"
-            f" FROM ({matching}) AS matching",
-            (firstSerial, *allParams),
-        )
-        return ArchivePage(entries, complete, int(counted[0][0]), int(counted[0][1]))
+        first = found[0][0]
+        index = await self._archiveCount(owner, filters.within(None, (first.id, first.sid)))
+        return ArchivePage(entries, complete, count, index)
 
     @_deferred
     async def archiveBounds(
         self, owner: str
     ) -> tuple[ArchiveEntry | None, ArchiveEntry | None]:
         """Fire with the oldest and the newest entry of the owner's archive (or C{None}s)."""
-        bounds: list[ArchiveEntry | None] = []
-        for order in ("ASC", "DESC"):
-            parts = [
-                f"SELECT * FROM ({self._archiveSelect(side)} WHERE {side[0]} = %s"
-                f" ORDER BY id {order} LIMIT 1) AS side{n}"
-                for n, side in enumerate(self._ARCHIVE_SIDES)
-            ]
-            rows = await self._fetch(
-                f"{' UNION ALL '.join(parts)} ORDER BY id {order} LIMIT 1", (owner, owner)
-            )
-            bounds.append(self._archiveEntry(owner, rows[0]) if rows else None)
+        bounds = []
+        for backward in (False, True):
+            found = await self._archiveRead(owner, _Span(), 1, backward)
+            bounds.append(self._archiveEntry(owner, *found[0]) if found else None)
         return bounds[0], bounds[1]
 
     @_deferred
     async def purgeArchive(self, before: datetime.datetime, limit: int = 10000) -> int:
         """
-        Delete at most C{limit} archived messages stamped before C{before}; fires with how
-        many.  Bounded so that one purge never holds the database for long.
+        Delete at most C{limit} archived messages stamped before C{before}, from every archive;
+        fires with how many.  Bounded so that one purge never holds the database for long.
         """
-        # An id is never below its message's time, so the old messages are the first ids: the
-        # purge reads the table (its id order) from the start.  Ids of messages that came from
-        # schema version 3 are small; their stamps decide.
         cut = micros(before)
-        rows = await self._fetch(
-            "DELETE FROM archive_messages WHERE id IN (SELECT id FROM archive_messages"
-            " WHERE id < %s AND stamp < %s ORDER BY id LIMIT %s) RETURNING id",
-            (cut, cut, int(limit)),
-        )
-        return len(rows)
+        removed = 0
+        while removed < limit:
+            rows = await self._fetch(
+                "SELECT first_sid, data FROM archive_buckets WHERE first_stamp < %s"
+                f" ORDER BY first_stamp LIMIT {self._BUCKETS_PER_READ}", (cut,))
+            statements: list[Statement] = []
+            for firstSid, data in rows:
+                records = decodeRaw(data)
+                kept = []
+                for record in records:
+                    if record.stamp < cut and removed < limit:
+                        removed += 1
+                    else:
+                        kept.append(record)
+                if not kept:
+                    statements.append(
+                        ("DELETE FROM archive_buckets WHERE first_sid = %s", (firstSid,)))
+                elif len(kept) < len(records):
+                    statements.append((
+                        ("UPDATE archive_buckets SET first_id = %s, first_sid = %s,"
+                         " last_id = %s, first_stamp = %s, last_stamp = %s, messages = %s,"
+                         " data = %s WHERE first_sid = %s"),
+                        (kept[0].id, kept[0].sid, kept[-1].id, min(r.stamp for r in kept),
+                         max(r.stamp for r in kept), len(kept),
+                         "".join([encode(r) for r in kept]), firstSid)))
+            if statements:
+                await self._counted(statements)
+            if len(rows) < self._BUCKETS_PER_READ:
+                break
+        return removed
 
     # ---------------------------------------------------------------- blocklist (XEP-0191)
 
