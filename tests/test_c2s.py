@@ -1064,6 +1064,23 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(str(next(message.elements(NS_CLIENT, "body"))), "Wherefore art thou?")
         self.assertEqual(len(list(message.elements("urn:xmpp:receipts", "request"))), 1)
 
+    async def test_messageKeepsItsText(self) -> None:
+        """
+        A message keeps the text written for it (the archive stores it instead of serialising
+        the message again); other stanzas do not carry theirs.
+        """
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        wire.take()
+        message = parseStanza("<message from='romeo@localhost/garden' type='chat'>"
+                              "<body>Wherefore art thou?</body></message>")
+        presence = parseStanza("<presence from='romeo@localhost/garden'/>")
+        for stanza in (message, presence):
+            wire.session.deliver(stanza)
+        written = wire.transport.value().decode("utf-8")
+        self.assertEqual(message.__dict__["_c2sText"] + serialize(presence), written)
+        self.assertNotIn("_c2sText", presence.__dict__)
+
     async def test_serverIqAnswered(self) -> None:
         """An iq for the server goes to the core, which answers it (ping here)."""
         fx = await C2SFixture(self, allowPlaintext=True).start("juliet")

@@ -398,7 +398,7 @@ def historyItem(entry: ArchiveEntry, domain: str) -> dict[str, Any]:
     id as C{id} (and C{stanza_id}), the sender's own id as C{message_id}, when it was routed
     (C{stamp}, and C{delay} as the dialect shows archived messages), C{direction} and C{with}.
     """
-    payload = jsonstanza.toFrame(archivedMessage(entry))["payload"]
+    payload = jsonstanza.toFrame(archivedMessage(entry, domain))["payload"]
     when = formatTimestamp(entry.stamp)
     item: dict[str, Any] = {"id": entry.id, "stamp": when}
     for key, value in payload.items():

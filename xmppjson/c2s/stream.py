@@ -232,16 +232,23 @@ class C2SSession(Session):
         written (connection gone or closing) goes back to the core through
         C{im.undeliverable}, so a message is stored offline or bounced rather than lost; with
         stream management it is queued for a resumption instead.
+
+        A message keeps the text written for it, as C{_c2sText}: the archive stores that text
+        instead of serialising the message a second time (L{xmppjson.im.archive.Archive._archived}
+        says when it may).
         """
         if self.csi is not None and self._csiHolds(element):
             return
         stream = self.stream
         if stream.writable:
             try:
-                data = serialize(element).encode("utf-8")
+                text = serialize(element)
+                data = text.encode("utf-8")
             except Exception:  # noqa: BLE001 - an edge Twisted calls: answer, never propagate
                 self.log.failure("Cannot serialise a stanza for {session}", session=self)
                 return
+            if element.name == "message":
+                element._c2sText = text  # type: ignore[attr-defined]
             if stream.verbose:
                 stream.logTraffic("SEND", data)
             stream.transport.write(data)

@@ -204,9 +204,35 @@ def parseMAMQuery(query: domish.Element) -> ArchiveQuery:
 # -- results --------------------------------------------------------------------------------
 
 
-def archivedMessage(entry: ArchiveEntry) -> domish.Element:
-    """The archived C{<message/>} of an entry, parsed back."""
-    return parseStanza(entry.xml)
+def _addedHere(name: str, uri: str | None, attributes: dict[Any, str], domain: str) -> bool:
+    """
+    Whether a child of a routed message is one of the marks only this server adds: a XEP-0359
+    stanza-id by the domain or by a local user, or a XEP-0203 delay stamp in the domain's name
+    (offline storage).  The core strips such elements from what clients send, so every one in
+    a routed message is the server's.  The archive shows a message without them: its id is
+    stored apart, and it has its own time.
+    """
+    if name == "stanza-id" and uri == NS_SID:
+        by = attributes.get("by", "")
+        return by == domain or by.endswith("@" + domain)
+    return name == "delay" and uri == NS_DELAY and attributes.get("from") == domain
+
+
+def archivedMessage(entry: ArchiveEntry, domain: str) -> domish.Element:
+    """
+    The archived C{<message/>} of an entry as every reader shows it (XEP-0313 results, the
+    JSON dialect's history, C{GET /me/history}): parsed back, without the server's own marks
+    (L{_addedHere}).  A row keeps them when the archive stored the text the c2s door had
+    already written for the recipient (L{Archive._archived}); rows the archive serialised
+    itself, and those of earlier versions, never had them and read back unchanged.
+    """
+    message = parseStanza(entry.xml)
+    children = message.children
+    for index in range(len(children) - 1, -1, -1):
+        child = children[index]
+        if type(child) is not str and _addedHere(child.name, child.uri, child.attributes, domain):
+            del children[index]
+    return message
 
 
 def forwarded(entry: ArchiveEntry, domain: str) -> domish.Element:
@@ -218,7 +244,7 @@ def forwarded(entry: ArchiveEntry, domain: str) -> domish.Element:
     delay = wrapper.addElement((NS_DELAY, "delay"))
     delay["stamp"] = stamp(entry.stamp)
     delay["from"] = domain
-    wrapper.addChild(archivedMessage(entry))
+    wrapper.addChild(archivedMessage(entry, domain))
     return wrapper
 
 
@@ -316,7 +342,6 @@ class Archive:
         self.clock = server.reactor
         self.enabled = server.config.archive
         self.days = server.config.archiveDays
-        self._localSuffix = "@" + self.domain
         # (routed at, recipient bare JID, message): nothing copied, parsed or serialised
         # yet; the batch writer does that.
         self._queue: list[tuple[Any, ...]] = []
@@ -400,19 +425,22 @@ class Archive:
     def _archived(self, message: domish.Element, bare: str) -> tuple[str, str] | None:
         """
         Whether a queued message is archived, and how: its archive id (the stanza-id by
-        C{bare}) and the XML of the copy to store; C{None} when it is not archived (no body or
-        subject in C{jabber:client}, a XEP-0334 no-store hint, no stanza-id).  The XML is
-        the serialisation of L{xmppjson.xmltext} (L{serialize}: C{jabber:client} implied, as
-        L{parseStanza} reads it back), about twice as fast as domish's C{toXml}.
+        C{bare}) and the XML to store; C{None} when it is not archived (no body or subject in
+        C{jabber:client}, a XEP-0334 no-store hint, no stanza-id).
 
-        The copy is the message as routed, without what only this server adds: its stanza-ids
-        (the archive id is stored apart) and its offline delay stamp (the archive has its own
-        time).  The core strips such elements from what clients send, so every one left is the
-        server's.
+        The XML is the text the c2s door wrote when it delivered the message
+        (L{xmppjson.c2s.stream.C2SSession.deliver} keeps it as C{_c2sText}), when that text is
+        still the message's: written after the server stamped this stanza-id (the id is in
+        it) and with nothing added since (the stanza-id, which the core appends just before
+        delivering, is still the last child).  It still holds the server's marks
+        (L{_addedHere}), which L{archivedMessage} drops on reading.  Otherwise (another door,
+        offline storage, a message changed since) it is the serialisation of a copy of the
+        message without those marks, by L{xmppjson.xmltext} (L{serialize}: C{jabber:client}
+        implied, as L{parseStanza} reads it back).
         """
         domain = self.domain
-        suffix = self._localSuffix
         sid = None
+        stamped = None
         content = False
         kept = []
         for child in message.children:
@@ -421,20 +449,23 @@ class Archive:
                 uri = child.uri
                 if name == "body" or name == "subject":
                     content = content or uri == NS_CLIENT or uri is None
-                elif name == "stanza-id" and uri == NS_SID:
-                    by = child.attributes.get("by", "")
-                    if by == bare:
-                        sid = child.attributes.get("id")
-                    if by == domain or by.endswith(suffix):
-                        continue
-                elif name == "delay" and uri == NS_DELAY:
-                    if child.attributes.get("from") == domain:
+                elif name == "stanza-id" or name == "delay":
+                    attributes = child.attributes
+                    if _addedHere(name, uri, attributes, domain):
+                        if name == "stanza-id" and attributes.get("by") == bare:
+                            sid = attributes.get("id")
+                            stamped = child
                         continue
                 elif uri == NS_HINTS and (name == "no-store" or name == "no-permanent-store"):
                     return None  # XEP-0334: the sender asked for this message not to be kept
             kept.append(child)
         if not content or not sid:
             return None
+        # Read from the instance's dict: domish's __getattr__ would answer a child element
+        # named "_c2sText" for a message the door never wrote.
+        text = message.__dict__.get("_c2sText")
+        if text is not None and message.children[-1] is stamped and sid in text:
+            return sid, text
         copy = domish.Element((message.uri, "message"), message.uri)
         copy.attributes = message.attributes
         copy.children = kept
