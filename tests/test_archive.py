@@ -31,10 +31,10 @@ from xmppjson.im.archive import (
     parseMAMQuery,
     resultMessage,
 )
-from xmppjson.im.stanzas import NS_DELAY, NS_SID, firstChild, parseStanza
+from xmppjson.im.stanzas import NS_DELAY, NS_SID, firstChild, newStanzaId, parseStanza
 from xmppjson.rest import historyItem, openAPI
 from xmppjson.storage import ArchiveEntry, ArchiveMessage, ArchiveQuery, SessionState
-from xmppjson.xmltext import serialize
+from xmppjson.xmltext import NS_STREAMS, serialize
 
 UTC = datetime.UTC
 
@@ -378,6 +378,16 @@ class RetentionTests(_Base):
         self.assertEqual(await core.im.archive.purge(), 0)
 
 
+async def archiveUnreadable(core: CoreFixture, localpart: str) -> str:
+    """Write a row to C{localpart}'s archive whose XML cannot be read back; its id."""
+    sid = newStanzaId()
+    when = datetime.datetime.fromtimestamp(core.clock.seconds(), UTC)
+    await core.store.archiveMessages([ArchiveMessage(
+        sid, when, localpart, None, "szymon@localhost", "web", f"{localpart}@localhost", "",
+        "<message><body>cut short")])
+    return sid
+
+
 class MAMTests(_Base):
     async def chat(self, core: CoreFixture, s: RecordingSession, a: RecordingSession,
                    n: int) -> list[str]:
@@ -418,6 +428,18 @@ class MAMTests(_Base):
 
     def ids(self, results: list[domish.Element]) -> list[str]:
         return [firstChild(r, "result", NS_MAM)["id"] for r in results]
+
+    @_d
+    async def test_unreadableRowLeftOut(self) -> None:
+        """A row that cannot be read back is left out (and logged); the page is answered."""
+        core, a, s = await self.pair()
+        ids = await self.chat(core, s, a, 1)
+        await archiveUnreadable(core, "alicja")
+        ids += await self.chat(core, s, a, 1)
+        results, iq = await self.mam(a)
+        self.assertEqual(self.ids(results), ids)
+        self.assertEqual(iq["type"], "result")
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
 
     @_d
     async def test_resultsThenFin(self) -> None:
@@ -679,6 +701,15 @@ class HistoryRESTTests(_Base):
         schema = dict(documented[str(response.code)]["content"]["application/json"]["schema"])
         schema["components"] = document["components"]
         OAS31Validator(schema).validate(response.json())
+
+    @_d
+    async def test_unreadableRowLeftOut(self) -> None:
+        core, client, token, ids = await self.rest()
+        await archiveUnreadable(core, "alicja")
+        response = await client.get("/me/history", token=token)
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual([m["id"] for m in response.json()["messages"]], ids)
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
 
     @_d
     async def test_page(self) -> None:
@@ -1036,6 +1067,29 @@ class DoorTextTests(unittest.TestCase):
         onlyOffline = dataclasses.replace(entry, xml=xml.replace("other.example", "localhost"))
         self.assertEqual(historyItem(onlyOffline, "localhost")["delay"],
                          {"stamp": "2003-03-03T00:00:00.000000Z", "from": "localhost"})
+
+    async def test_streamNamespaceChild(self) -> None:
+        """
+        A child in the streams namespace, which the c2s door writes with the stream's
+        C{stream:} prefix, is stored readable: the recipient's archive query and a later
+        delivery from offline storage show it instead of failing.
+        """
+        fx, juliet, romeo, _ = await self.core()
+        odd = "<message to='{}' type='chat'><body>odd</body><o xmlns='{}'/></message>"
+        romeo.send(odd.format("juliet@localhost/balcony", NS_STREAMS))
+        self.assertIn("<stream:o/>", await self.written(juliet))
+        romeo.send(odd.format("ewa@localhost", NS_STREAMS))
+        [mine] = await archiveOf(fx, "juliet")
+        self.assertIsNotNone(firstChild(archivedMessage(mine, "localhost"), "o", NS_STREAMS))
+        juliet.send("<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2' queryid='f'/></iq>")
+        fin = await juliet.waitFor("iq")
+        [result] = juliet.take()
+        self.assertEqual((result.name, fin["type"]), ("message", "result"))
+        ewa = await fx.login("ewa", "phone")
+        ewa.send("<presence/>")
+        got = await ewa.waitFor("message")
+        self.assertEqual(str(got.body), "odd")
+        self.assertIsNotNone(firstChild(got, "o", NS_STREAMS))
 
     def test_oldRowsUnchanged(self) -> None:
         """Rows written before the door's text was stored (already without marks) read the same."""

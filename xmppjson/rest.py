@@ -38,7 +38,13 @@ from xmppjson.error import (
     XMPPJSONError,
     asError,
 )
-from xmppjson.im.archive import archivedMessage, pageSize, parseStamp, withFilter
+from xmppjson.im.archive import (
+    archivedMessage,
+    pageSize,
+    parseStamp,
+    readable,
+    withFilter,
+)
 from xmppjson.storage import PROFILE_FIELDS, ArchiveEntry, ArchiveQuery
 
 # -- the response shapes ---------------------------------------------------------------------
@@ -832,7 +838,8 @@ class RestResource(resource.Resource):
         else:
             page = await self.store.queryArchive(localpart, query)
         return Reply(200, {
-            "messages": [historyItem(entry, self.config.domain) for entry in page.entries],
+            "messages": list(readable(
+                page.entries, lambda entry: historyItem(entry, self.config.domain), self.log)),
             "first": page.entries[0].id if page.entries else None,
             "last": page.entries[-1].id if page.entries else None,
             "complete": page.complete,

@@ -22,8 +22,8 @@ C{docs/history.md} for every decision.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -47,6 +47,8 @@ from xmppjson.xmltext import serialize
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
     from xmppjson.session import Session
+
+_T = TypeVar("_T")
 
 NS_MAM = "urn:xmpp:mam:2"
 NS_MAM_EXTENDED = "urn:xmpp:mam:2#extended"
@@ -233,6 +235,20 @@ def archivedMessage(entry: ArchiveEntry, domain: str) -> domish.Element:
         if type(child) is not str and _addedHere(child.name, child.uri, child.attributes, domain):
             del children[index]
     return message
+
+
+def readable(entries: Iterable[ArchiveEntry], read: Callable[[ArchiveEntry], _T],
+             log: Logger) -> Iterator[_T]:
+    """
+    C{read(entry)} for each entry, leaving out (with a logged traceback) one whose stored XML
+    cannot be read back: one bad row costs its reader that message, not the page.
+    """
+    for entry in entries:
+        try:
+            yield read(entry)
+        except Exception:  # noqa: BLE001 -- logged with its traceback, never silent
+            log.failure("Leaving out archived message {id} of {owner}: it cannot be read",
+                        id=entry.id, owner=entry.owner)
 
 
 def forwarded(entry: ArchiveEntry, domain: str) -> domish.Element:
@@ -650,10 +666,11 @@ class Archive:
         query = parseMAMQuery(child)
         queryid = child.getAttribute("queryid")
         page = await self.query(session.localpart, query)
-        for entry in page.entries:
+        for result in readable(page.entries, lambda entry: resultMessage(
+                entry, session.full, session.bare, queryid, self.domain), self.log):
             if not session.active:
                 break
-            session.deliver(resultMessage(entry, session.full, session.bare, queryid, self.domain))
+            session.deliver(result)
         reply = iqResult(iq)
         reply.addChild(finElement(page, query.backward))
         return reply

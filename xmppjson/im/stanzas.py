@@ -240,17 +240,22 @@ def addDelay(stanza: domish.Element, when: datetime.datetime, by: str) -> None:
     delay["from"] = by
 
 
+_WRAPPER = b"<s xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+
+
 def parseStanza(xml: str) -> domish.Element:
     """
     Parse one serialised stanza (as stored by the server itself) back into an element in
-    C{jabber:client}.
+    C{jabber:client}.  The text is what a c2s stream carries, so a child in the streams
+    namespace has the stream's C{stream:} prefix, declared by the stream header there and by
+    the wrapper here.
     """
     result: list[domish.Element] = []
     stream = domish.elementStream()
     stream.DocumentStartEvent = lambda root: None
     stream.ElementEvent = result.append
     stream.DocumentEndEvent = lambda: None
-    stream.parse(b"<s xmlns='jabber:client'>" + xml.encode("utf-8") + b"</s>")
+    stream.parse(_WRAPPER + xml.encode("utf-8") + b"</s>")
     if len(result) != 1:
         raise ValueError("expected exactly one stored stanza")
     return result[0]
