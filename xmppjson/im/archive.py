@@ -358,9 +358,10 @@ class Archive:
         self.clock = server.reactor
         self.enabled = server.config.archive
         self.days = server.config.archiveDays
-        # (routed at, recipient bare JID, message): nothing copied, parsed or serialised
-        # yet; the batch writer does that.
-        self._queue: list[tuple[Any, ...]] = []
+        # What the c2s door delivered: the ArchiveMessage, made when it was routed (see
+        # observe).  Anything else: (routed at, recipient bare JID, message), nothing copied,
+        # parsed or serialised yet; the batch writer does that.
+        self._queue: list[Any] = []
         self._timer: Any = None
         self._lock = defer.DeferredLock()
         # One warning per episode of trouble, and one line when it is over.
@@ -394,6 +395,8 @@ class Archive:
         states) and keeps a reference: the core never changes a message once it is routed (a
         redelivery keeps its stanza-id; an offline delay stamp is left out of the copy), and
         everything else (namespaces, hints, the stanza-id, the copy) is the batch writer's.
+        A message the c2s door wrote is the exception: its L{ArchiveMessage} is made now (a
+        few µs, nothing to serialise), so the queue does not keep the message alive.
         """
         mtype = message.attributes.get("type", "normal")
         if mtype != "chat" and mtype != "normal":
@@ -407,7 +410,16 @@ class Archive:
         if len(queue) >= self.maxQueue:
             self._drop(1, "the write queue is full")
             return
-        queue.append((self.clock.seconds(), bare, message))
+        if "_c2sText" in message.__dict__:
+            # The door already wrote it: what the store writes costs a few µs now, and the
+            # message need not stay in memory until the batch is written (a queue of
+            # thousands of live element trees is what the young-generation collections
+            # kept walking through).
+            entry = self._entry(self.clock.seconds(), bare, message)
+            if entry is not None:
+                queue.append(entry)
+        else:
+            queue.append((self.clock.seconds(), bare, message))
         if len(queue) >= self.highWater and not self._unavailable and not self.server.intakeHeld:
             self.server.holdIntake()
         if len(queue) >= self.batchSize:
@@ -487,37 +499,48 @@ class Archive:
         copy.children = kept
         return sid, serialize(copy)
 
-    def _messages(self, batch: list[tuple[Any, ...]]) -> list[ArchiveMessage]:
+    def _messages(self, batch: list[Any]) -> list[ArchiveMessage]:
         """
-        What the store writes for queued messages: each serialised once, and archived for
-        the recipient and, when the sender is another local user, for the sender.
+        What the store writes for queued messages (those L{observe} did not turn into an
+        L{ArchiveMessage} at once).
         """
         messages: list[ArchiveMessage] = []
-        fromtimestamp = datetime.datetime.fromtimestamp
-        utc = datetime.UTC
-        domain = self.domain
-        for routedAt, bare, message in batch:
-            archived = self._archived(message, bare)
-            if archived is None:
-                continue
-            sid, xml = archived
-            when = fromtimestamp(routedAt, utc)
-            owner = bare.partition("@")[0]
-            attributes = message.attributes
-            sender = tryJID(attributes.get("from"))
-            recipient = tryJID(attributes.get("to"))
-            resource = (recipient.resource if recipient is not None else None) or ""
-            if sender is None:
-                # Not from a JID (the core always sets one): the recipient's copy only.
-                messages.append(ArchiveMessage(sid, when, owner, None, domain, "", bare,
-                                               resource, xml))
-                continue
-            senderBare = sender.userhost()
-            archivedFor = (sender.user if sender.user and sender.host == domain
-                           and senderBare != bare else None)
-            messages.append(ArchiveMessage(sid, when, owner, archivedFor, senderBare,
-                                           sender.resource or "", bare, resource, xml))
+        entry = self._entry
+        for item in batch:
+            if type(item) is ArchiveMessage:
+                messages.append(item)
+            else:
+                archived = entry(*item)
+                if archived is not None:
+                    messages.append(archived)
         return messages
+
+    def _entry(self, routedAt: float, bare: str,
+               message: domish.Element) -> ArchiveMessage | None:
+        """
+        What the store writes for one routed message: serialised once (L{_archived}),
+        archived for the recipient and, when the sender is another local user, for the
+        sender; C{None} when it is not archived.
+        """
+        archived = self._archived(message, bare)
+        if archived is None:
+            return None
+        sid, xml = archived
+        when = datetime.datetime.fromtimestamp(routedAt, datetime.UTC)
+        owner = bare.partition("@")[0]
+        attributes = message.attributes
+        sender = tryJID(attributes.get("from"))
+        recipient = tryJID(attributes.get("to"))
+        resource = (recipient.resource if recipient is not None else None) or ""
+        domain = self.domain
+        if sender is None:
+            # Not from a JID (the core always sets one): the recipient's copy only.
+            return ArchiveMessage(sid, when, owner, None, domain, "", bare, resource, xml)
+        senderBare = sender.userhost()
+        archivedFor = (sender.user if sender.user and sender.host == domain
+                       and senderBare != bare else None)
+        return ArchiveMessage(sid, when, owner, archivedFor, senderBare, sender.resource or "",
+                              bare, resource, xml)
 
     async def _drain(self, everything: bool) -> None:
         """
