@@ -470,23 +470,21 @@ class Archive:
         sid = None
         stamped = None
         content = False
-        kept = []
+        marks = 0
         for child in message.children:
             if type(child) is not str:
                 name = child.name
-                uri = child.uri
                 if name == "body" or name == "subject":
-                    content = content or uri == NS_CLIENT or uri is None
+                    content = content or child.uri == NS_CLIENT or child.uri is None
                 elif name == "stanza-id" or name == "delay":
                     attributes = child.attributes
-                    if _addedHere(name, uri, attributes, domain):
+                    if _addedHere(name, child.uri, attributes, domain):
+                        marks += 1
                         if name == "stanza-id" and attributes.get("by") == bare:
                             sid = attributes.get("id")
                             stamped = child
-                        continue
-                elif uri == NS_HINTS and (name == "no-store" or name == "no-permanent-store"):
+                elif child.uri == NS_HINTS and (name == "no-store" or name == "no-permanent-store"):
                     return None  # XEP-0334: the sender asked for this message not to be kept
-            kept.append(child)
         if not content or not sid:
             return None
         # Read from the instance's dict: domish's __getattr__ would answer a child element
@@ -496,7 +494,10 @@ class Archive:
             return sid, text
         copy = domish.Element((message.uri, "message"), message.uri)
         copy.attributes = message.attributes
-        copy.children = kept
+        copy.children = [
+            child for child in message.children
+            if type(child) is str or not _addedHere(child.name, child.uri, child.attributes, domain)
+        ] if marks else message.children
         return sid, serialize(copy)
 
     def _messages(self, batch: list[Any]) -> list[ArchiveMessage]:
