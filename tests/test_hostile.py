@@ -21,6 +21,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from tests.helpers import HTTPResponse, RestClient
+from tests.test_c2s import waitUntil
 from tests.test_websocket import UPGRADE, parseResponse, rawHTTP
 from tests.wshelpers import JSONClient, WebFixture
 
@@ -584,10 +585,33 @@ class RESTInputTests(unittest.TestCase):
         self.assertLessEqual(web.clock.seconds(), 300)
         self.assertTrue(transport.disconnecting)
 
-    test_slowRequestLine.todo = (  # type: ignore[attr-defined]
-        "before its request line is complete a request has no object of its own, so only the "
-        "channel (xmppjson/web.py) can bound it; see docs/limits.md"
-    )
+    @_d
+    async def test_requestLineDeadlineOnKeepAlive(self) -> None:
+        """
+        The request line's 30 seconds start at its first byte: an idle kept-alive connection is
+        left to the idle timeout, a line sent in pieces within the time is served, a slow line
+        after a served request is cut, and a served request leaves nothing scheduled.
+        """
+        web = await Server(self).begin()
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4346))
+        channel = web.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4346))
+        channel.makeConnection(transport)
+        pending = len(web.clock.getDelayedCalls())  # the idle timeout
+        web.clock.advance(45)
+        self.assertFalse(transport.disconnecting)
+        for piece in (b"GET /users/", b"bob HTTP/1.1\r\n", b"Host: x\r\n\r\n"):
+            channel.dataReceived(piece)
+            web.clock.advance(10)
+        await waitUntil(lambda: b"\r\n\r\n" in transport.value())
+        self.assertEqual(parseResponse(transport.value())[0], 200)
+        self.assertEqual(len(web.clock.getDelayedCalls()), pending)
+        transport.clear()
+        channel.dataReceived(b"GET /users")
+        web.clock.advance(29)
+        self.assertFalse(transport.disconnecting)
+        web.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
 
 
 class ThrottleTests(unittest.TestCase):

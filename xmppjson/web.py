@@ -23,7 +23,7 @@ from zope.interface import provider
 from xmppjson import webclient
 from xmppjson.accounts import Accounts
 from xmppjson.config import Config
-from xmppjson.rest import BoundedRequest, RestResource
+from xmppjson.rest import REQUEST_TIMEOUT, BoundedRequest, RestResource
 
 
 class WebRoot(resource.Resource):
@@ -69,10 +69,52 @@ def redactingLogFormatter(timestamp: str, request: server.Request) -> str:
     return _TOKEN_IN_QUERY.sub(r"\1<redacted>", http.combinedLogFormatter(timestamp, request))
 
 
+class BoundedChannel(http.HTTPChannel):
+    """
+    An HTTP/1.1 channel that bounds the time a request line may take: from its first byte,
+    the site's C{requestTimeout} (L{REQUEST_TIMEOUT}) seconds, or the connection is closed.
+    Until its line is complete a request has no object of its own (L{BoundedRequest} bounds
+    it from there to the end of its body), and every byte restarts Twisted's idle timeout:
+    without this a client sending a byte a minute would hold a connection for hours.
+    """
+
+    _lineDeadline: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._lineDeadline is None and not self.requests:
+            timeout = getattr(getattr(self, "site", None), "requestTimeout", REQUEST_TIMEOUT)
+            if timeout:
+                self._lineDeadline = self.callLater(timeout, self._lineTooSlow)
+        super().dataReceived(data)
+        if self.requests:
+            # The line has arrived (the request exists): the request's own deadline runs.
+            self._cancelLineDeadline()
+
+    def _cancelLineDeadline(self) -> None:
+        if self._lineDeadline is not None and self._lineDeadline.active():
+            self._lineDeadline.cancel()
+        self._lineDeadline = None
+
+    def _lineTooSlow(self) -> None:
+        self._lineDeadline = None
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancelLineDeadline()
+        super().connectionLost(reason)
+
+
+# What Site's protocol factory builds (the wrapper that can switch to HTTP/2), around our
+# channel; the plain channel if this Twisted has no such wrapper.
+_GenericChannel = getattr(http, "_GenericHTTPChannelProtocol", None)
+
+
 class XmppJsonSite(server.Site):
     """
     The Site: bodies are bounded by C{maxBody} (C{config.maxHTTPBody}) while they are received
-    (L{BoundedRequest}), tracebacks are never shown to clients, and tokens never reach the
+    (L{BoundedRequest}), request lines and requests in time (L{BoundedChannel},
+    L{BoundedRequest}), tracebacks are never shown to clients, and tokens never reach the
     access log (L{redactingLogFormatter}).
     """
 
@@ -83,6 +125,11 @@ class XmppJsonSite(server.Site):
     def __init__(self, root: resource.Resource, maxBody: int, reactor: Any = None):
         super().__init__(root, reactor=reactor, logFormatter=redactingLogFormatter)
         self.maxBody = maxBody
+
+    def protocol(self) -> Any:  # type: ignore[override]
+        """The connection's protocol: Twisted's, with a L{BoundedChannel} for HTTP/1.1."""
+        channel = BoundedChannel()
+        return channel if _GenericChannel is None else _GenericChannel(channel)
 
 
 def makeRoot(config: Config, accounts: Accounts, im: Any, reactor: Any) -> WebRoot:
