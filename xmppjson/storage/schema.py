@@ -320,8 +320,8 @@ MIGRATIONS.append(
             # index so that a query with one correspondent skips the others' buckets without
             # reading them (an index of its own per side would be two more entries, in the
             # middle of an index, per bucket written).  The purge goes by time.
-            "CREATE INDEX archive_buckets_a ON archive_buckets (party_a, first_id, jid_b)",
-            "CREATE INDEX archive_buckets_b ON archive_buckets (party_b, first_id, jid_a)",
+            "CREATE INDEX archive_buckets_a ON archive_buckets (party_a, first_id, first_sid, jid_b)",
+            "CREATE INDEX archive_buckets_b ON archive_buckets (party_b, first_id, first_sid, jid_a)",
             "CREATE INDEX archive_buckets_stamp ON archive_buckets (first_stamp)",
             # The archive id of each stanza-id that does not carry it (see buckets.sidMicros):
             # those of the messages archived before this version, and any other.  A stanza-id

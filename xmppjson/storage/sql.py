@@ -1089,7 +1089,10 @@ class SQLStore:
         """
         direction = " DESC" if backward else ""
         order = f"first_id{direction}, first_sid{direction}"
-        after = f"(first_id, first_sid) {'<' if backward else '>'} (%s, %s)"
+        # The bare bound on first_id too: PostgreSQL uses a row comparison as an index bound
+        # only on the index's own leading columns, and first_sid is not in the index.
+        after = (f"first_id {'<=' if backward else '>='} %s"
+                 f" AND (first_id, first_sid) {'<' if backward else '>'} (%s, %s)")
         limit = self._BUCKETS_PER_READ
         cursor: tuple[Any, ...] = ()
         while True:
@@ -1103,7 +1106,7 @@ class SQLStore:
                     sideParams += params
                 if cursor:
                     condition += f" AND {after}"
-                    sideParams += cursor
+                    sideParams += [cursor[0], *cursor]
                 parts.append(
                     f"SELECT * FROM (SELECT first_id, first_sid, {withColumn} AS with_jid,"
                     f" data, '{letter}' AS side FROM archive_buckets WHERE {condition}"
