@@ -24,6 +24,7 @@ so that a reader going backwards knows when no older bucket can reach its page.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 #: The field separator of a record.
@@ -78,41 +79,46 @@ def encode(raw: Raw) -> str:
             f"{SEP}{raw.sender}{SEP}{len(raw.xml)}{SEP}{raw.xml}")
 
 
+def _fields(data: str) -> Iterator[tuple[str, str, str, str, str, str, str]]:
+    """Each record's fields, as text: id, sid, stamp, resource a, resource b, sender, xml."""
+    find = data.find
+    pos = 0
+    end = len(data)
+    while pos < end:
+        a = find(SEP, pos)
+        b = find(SEP, a + 1)
+        c = find(SEP, b + 1)
+        d = find(SEP, c + 1)
+        e = find(SEP, d + 1)
+        f = find(SEP, e + 1)
+        g = find(SEP, f + 1)
+        if min(a, b, c, d, e, f, g) < 0:
+            raise ValueError(f"a truncated archive record at {pos}")
+        stop = g + 1 + int(data[f + 1:g])
+        if stop > end:
+            raise ValueError(f"an archive record longer than its bucket at {pos}")
+        yield (data[pos:a], data[a + 1:b], data[b + 1:c], data[c + 1:d], data[d + 1:e],
+               data[e + 1:f], data[g + 1:stop])
+        pos = stop
+
+
 def decodeRaw(data: str) -> list[Raw]:
     """
     The records of a bucket, in its order.
 
     @raise ValueError: C{data} is not a sequence of records.
     """
-    records = []
-    find = data.find
-    pos = 0
-    end = len(data)
-    while pos < end:
-        fields = []
-        at = pos
-        for _ in range(7):
-            stop = find(SEP, at)
-            if stop < 0:
-                raise ValueError(f"a truncated archive record at {pos}")
-            fields.append(data[at:stop])
-            at = stop + 1
-        stop = at + int(fields[6])
-        if stop > end:
-            raise ValueError(f"an archive record longer than its bucket at {pos}")
-        records.append(Raw(int(fields[0]), fields[1], int(fields[2]), fields[3], fields[4],
-                           fields[5], data[at:stop]))
-        pos = stop
-    return records
+    return [Raw(int(i), sid, int(stamp), a, b, sender, xml)
+            for i, sid, stamp, a, b, sender, xml in _fields(data)]
 
 
 def decode(data: str, side: str) -> list[Record]:
     """The records of a bucket as the party on C{side} (C{"a"} or C{"b"}) sees them."""
     if side == "a":
-        return [Record(r.id, r.sid, r.stamp, r.resourceB, r.sender == "a", r.xml)
-                for r in decodeRaw(data)]
-    return [Record(r.id, r.sid, r.stamp, r.resourceA, r.sender == "b", r.xml)
-            for r in decodeRaw(data)]
+        return [Record(int(i), sid, int(stamp), b, sender == "a", xml)
+                for i, sid, stamp, _, b, sender, xml in _fields(data)]
+    return [Record(int(i), sid, int(stamp), a, sender == "b", xml)
+            for i, sid, stamp, a, _, sender, xml in _fields(data)]
 
 
 class _Bucket:

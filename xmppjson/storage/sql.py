@@ -37,7 +37,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -143,6 +143,17 @@ def _conditions(comparisons: Sequence[tuple[str, str, Any]], where: list[str],
         if value is not None:
             where.append(f"{column} {op} %s")
             params.append(value)
+
+
+class _Head(NamedTuple):
+    """A bucket without its records, as an owner's archive sees it."""
+
+    first: int
+    firstSid: str
+    last: int
+    messages: int
+    withJID: str
+    side: str
 
 
 def _recordKey(item: tuple[Record, str]) -> tuple[int, str]:
@@ -1029,8 +1040,8 @@ class SQLStore:
                         span[1] = max(span[1], ident)
         for owner, (low, high) in spans.items():
             around = _Span(low=(low - 1, ""), high=(high + 1, ""))
-            async for *_, data, side in self._archiveBuckets(owner, around):
-                seen.update(record.sid for record in decode(data, side))
+            async for records in self._archiveBuckets(owner, around):
+                seen.update(record.sid for record, _ in records)
         kept = []
         for m in messages:
             if m.id in seen:
@@ -1069,28 +1080,28 @@ class SQLStore:
         for sid in sids:
             ident = ids.get(sid)
             if ident is not None:
-                around = _Span(low=(ident - 1, ""), high=(ident + 1, ""))
-                async for *_, data, side in self._archiveBuckets(owner, around):
-                    if any(record.sid == sid for record in decode(data, side)):
+                around = _Span(low=(ident - 1, ""), high=(ident + 1, ""), sids=frozenset([sid]))
+                async for records in self._archiveBuckets(owner, around):
+                    if records:
                         keys[sid] = (ident, sid)
                         break
             if sid not in keys:
                 raise UnknownArchiveId(f"no message with id {sid!r} in the archive")
         return keys
 
-    async def _archiveBuckets(
+    async def _archiveHeads(
         self, owner: str, span: _Span, backward: bool = False, where: str = "",
         params: Params = (),
-    ) -> AsyncIterator[tuple[int, str, str, str, str]]:
+    ) -> AsyncIterator[list[_Head]]:
         """
-        C{(first_id, first_sid, with_jid, data, side)} of the owner's buckets that may hold
+        The heads (L{_Head}: everything but the records) of the owner's buckets that may hold
         records in C{span}, in archive order of their first record (C{backward}: the
         reverse), a few at a time; C{where} adds a condition.
         """
         direction = " DESC" if backward else ""
         order = f"first_id{direction}, first_sid{direction}"
         # The bare bound on first_id too: PostgreSQL uses a row comparison as an index bound
-        # only on the index's own leading columns, and first_sid is not in the index.
+        # only on the index's own leading columns.
         after = (f"first_id {'<=' if backward else '>='} %s"
                  f" AND (first_id, first_sid) {'<' if backward else '>'} (%s, %s)")
         limit = self._BUCKETS_PER_READ
@@ -1108,44 +1119,82 @@ class SQLStore:
                     condition += f" AND {after}"
                     sideParams += [cursor[0], *cursor]
                 parts.append(
-                    f"SELECT * FROM (SELECT first_id, first_sid, {withColumn} AS with_jid,"
-                    f" data, '{letter}' AS side FROM archive_buckets WHERE {condition}"
-                    f" ORDER BY {order} LIMIT {limit}) AS side_{letter}")
+                    f"SELECT * FROM (SELECT first_id, first_sid, last_id, messages,"
+                    f" {withColumn} AS with_jid, '{letter}' AS side FROM archive_buckets"
+                    f" WHERE {condition} ORDER BY {order} LIMIT {limit}) AS side_{letter}")
                 allParams += sideParams
             rows = await self._fetch(
                 f"{' UNION ALL '.join(parts)} ORDER BY {order} LIMIT {limit}", allParams)
-            for first, firstSid, withJID, data, side in rows:
-                yield int(first), firstSid, withJID, data, side
+            if rows:
+                yield [_Head(int(first), firstSid, int(last), int(n), withJID, side)
+                       for first, firstSid, last, n, withJID, side in rows]
             if len(rows) < limit:
                 return
             cursor = (int(rows[-1][0]), rows[-1][1])
+
+    async def _archiveRecords(self, heads: list[_Head],
+                              span: _Span) -> list[tuple[Record, str]]:
+        """The records in C{span} of the buckets C{heads}, with their correspondent."""
+        if not heads:
+            return []
+        data: dict[str, str] = dict(await self._fetchIn(
+            "SELECT first_sid, data FROM archive_buckets WHERE first_sid IN ({marks})",
+            [head.firstSid for head in heads]))
+        return [(record, head.withJID)
+                for head in heads if head.firstSid in data  # (purged meanwhile)
+                for record in decode(data[head.firstSid], head.side) if span.holds(record)]
+
+    async def _archiveBuckets(
+        self, owner: str, span: _Span, where: str = "", params: Params = (),
+    ) -> AsyncIterator[list[tuple[Record, str]]]:
+        """The records in C{span} of the owner's archive, a few buckets at a time."""
+        async for heads in self._archiveHeads(owner, span, where=where, params=params):
+            yield await self._archiveRecords(heads, span)
 
     async def _archiveRead(self, owner: str, span: _Span, need: int,
                            backward: bool) -> list[tuple[Record, str]]:
         """
         The first C{need} records of the owner's archive in C{span} with their correspondent,
-        in archive order (C{backward}: the last C{need}, newest first).
+        in archive order (C{backward}: the last C{need}, newest first).  A bucket's records
+        are read only when it can change the page: its head tells how many it holds and
+        where it ends.
         """
         found: list[tuple[Record, str]] = []
-        async for first, _, withJID, data, side in self._archiveBuckets(owner, span, backward):
-            if len(found) >= need:
-                found.sort(key=_recordKey, reverse=backward)
-                del found[need:]
-                # Buckets come in the order of their first id, and none is wider than
-                # MAX_SPAN: once one begins after the page's edge (going backwards: ends
-                # before it, at the latest), no later one can change the page.
-                edge = found[-1][0].id
-                if (first + MAX_SPAN < edge) if backward else (first > edge):
-                    break
-            found += [(record, withJID) for record in decode(data, side) if span.holds(record)]
-        found.sort(key=_recordKey, reverse=backward)
-        return found[:need]
+        pending: list[_Head] = []
+        promised = 0  # records the pending buckets hold, at most that many in the span
+
+        def edge() -> int | None:
+            """The id beyond which no record changes the page (None: not full yet)."""
+            if len(found) < need:
+                return None
+            found.sort(key=_recordKey, reverse=backward)
+            del found[need:]
+            return found[-1][0].id
+
+        async for heads in self._archiveHeads(owner, span, backward):
+            for head in heads:
+                if len(found) + promised >= need:
+                    found += await self._archiveRecords(pending, span)
+                    pending, promised = [], 0
+                limit = edge()
+                if limit is not None:
+                    # Heads come in the order of their first id, and no bucket is wider
+                    # than MAX_SPAN: once one begins after the page's edge (going backwards:
+                    # ends, at the latest, before it), none after it changes the page.
+                    if (head.first + MAX_SPAN < limit) if backward else (head.first > limit):
+                        found += await self._archiveRecords(pending, span)
+                        return sorted(found, key=_recordKey, reverse=backward)[:need]
+                    if (head.last < limit) if backward else False:
+                        continue  # wholly before the page's edge
+                pending.append(head)
+                promised += head.messages
+        found += await self._archiveRecords(pending, span)
+        return sorted(found, key=_recordKey, reverse=backward)[:need]
 
     async def _archiveCount(self, owner: str, span: _Span) -> int:
         """How many records of the owner's archive are in C{span}."""
         if not span.exact:
-            return sum([sum(1 for record in decode(data, side) if span.holds(record))
-                        async for *_, data, side in self._archiveBuckets(owner, span)])
+            return sum([len(records) async for records in self._archiveBuckets(owner, span)])
         inside, insideParams = span.insideCondition()
         count = 0
         for columns in self._ARCHIVE_SIDES:
@@ -1155,9 +1204,9 @@ class SQLStore:
                 f" AND {inside}", (*params, *insideParams))
             count += int(rows[0][0])
         # The buckets across an edge of the span: count their records one by one.
-        async for *_, data, side in self._archiveBuckets(owner, span, where=f"NOT ({inside})",
-                                                         params=insideParams):
-            count += sum(1 for record in decode(data, side) if span.holds(record))
+        async for records in self._archiveBuckets(owner, span, where=f"NOT ({inside})",
+                                                  params=insideParams):
+            count += len(records)
         return count
 
     def _archiveEntry(self, owner: str, record: Record, withJID: str) -> ArchiveEntry:
