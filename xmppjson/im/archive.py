@@ -33,9 +33,10 @@ from xmppjson.error import BadRequest, StoreUnavailable, XMPPJSONError
 from xmppjson.im.stanzas import (
     NS_CLIENT,
     NS_DELAY,
-    NS_SID,
+    dropServerMarks,
     firstChild,
     iqResult,
+    isServerMark,
     makeElement,
     parseStanza,
     stamp,
@@ -206,34 +207,16 @@ def parseMAMQuery(query: domish.Element) -> ArchiveQuery:
 # -- results --------------------------------------------------------------------------------
 
 
-def _addedHere(name: str, uri: str | None, attributes: dict[Any, str], domain: str) -> bool:
-    """
-    Whether a child of a routed message is one of the marks only this server adds: a XEP-0359
-    stanza-id by the domain or by a local user, or a XEP-0203 delay stamp in the domain's name
-    (offline storage).  The core strips such elements from what clients send, so every one in
-    a routed message is the server's.  The archive shows a message without them: its id is
-    stored apart, and it has its own time.
-    """
-    if name == "stanza-id" and uri == NS_SID:
-        by = attributes.get("by", "")
-        return by == domain or by.endswith("@" + domain)
-    return name == "delay" and uri == NS_DELAY and attributes.get("from") == domain
-
-
 def archivedMessage(entry: ArchiveEntry, domain: str) -> domish.Element:
     """
     The archived C{<message/>} of an entry as every reader shows it (XEP-0313 results, the
     JSON dialect's history, C{GET /me/history}): parsed back, without the server's own marks
-    (L{_addedHere}).  A row keeps them when the archive stored the text the c2s door had
+    (L{isServerMark}).  A row keeps them when the archive stored the text the c2s door had
     already written for the recipient (L{Archive._archived}); rows the archive serialised
     itself, and those of earlier versions, never had them and read back unchanged.
     """
     message = parseStanza(entry.xml)
-    children = message.children
-    for index in range(len(children) - 1, -1, -1):
-        child = children[index]
-        if type(child) is not str and _addedHere(child.name, child.uri, child.attributes, domain):
-            del children[index]
+    dropServerMarks(message, domain)
     return message
 
 
@@ -461,7 +444,7 @@ class Archive:
         still the message's: written after the server stamped this stanza-id (the id is in
         it) and with nothing added since (the stanza-id, which the core appends just before
         delivering, is still the last child).  It still holds the server's marks
-        (L{_addedHere}), which L{archivedMessage} drops on reading.  Otherwise (another door,
+        (L{isServerMark}), which L{archivedMessage} drops on reading.  Otherwise (another door,
         offline storage, a message changed since) it is the serialisation of a copy of the
         message without those marks, by L{xmppjson.xmltext} (L{serialize}: C{jabber:client}
         implied, as L{parseStanza} reads it back).
@@ -478,7 +461,7 @@ class Archive:
                     content = content or child.uri == NS_CLIENT or child.uri is None
                 elif name == "stanza-id" or name == "delay":
                     attributes = child.attributes
-                    if _addedHere(name, child.uri, attributes, domain):
+                    if isServerMark(name, child.uri, attributes, domain):
                         marks += 1
                         if name == "stanza-id" and attributes.get("by") == bare:
                             sid = attributes.get("id")
@@ -496,7 +479,7 @@ class Archive:
         copy.attributes = message.attributes
         copy.children = [
             child for child in message.children
-            if type(child) is str or not _addedHere(child.name, child.uri, child.attributes, domain)
+            if type(child) is str or not isServerMark(child.name, child.uri, child.attributes, domain)
         ] if marks else message.children
         return sid, serialize(copy)
 

@@ -19,6 +19,7 @@ from xmppjson.im.stanzas import (
     NS_DELAY,
     NS_SID,
     addDelay,
+    dropServerMarks,
     errorReply,
     firstChild,
     hasBody,
@@ -88,29 +89,12 @@ class MessageHandler:
             if message.getAttribute("type") not in ("error", "headline", "groupchat") and hasBody(message):
                 session.deliver(errorReply(message, "service-unavailable", sender=self.domain))
             return
-        self._stripForged(message)
+        # What only this server may add, so that a client cannot fake history.
+        dropServerMarks(message, self.domain)
         for accept in self.filters:
             if accept(session, message, target):
                 return
         self.route(message, target, session)
-
-    def _stripForged(self, message: domish.Element) -> None:
-        """
-        Remove what only this server may add: stanza-ids by a local JID (XEP-0359) and delay
-        stamps in the domain's name (XEP-0203), so a client cannot fake history.
-        """
-        children = message.children
-        domain = self.domain
-        for index in range(len(children) - 1, -1, -1):
-            child = children[index]
-            if isinstance(child, str):
-                continue
-            if child.name == "stanza-id" and child.uri == NS_SID:
-                by = child.getAttribute("by") or ""
-                if by == domain or by.endswith("@" + domain):
-                    del children[index]
-            elif child.name == "delay" and child.uri == NS_DELAY and child.getAttribute("from") == domain:
-                del children[index]
 
     def route(self, message: domish.Element, target: JID, sender: "Session | None" = None,
               redelivery: bool = False) -> None:

@@ -9,7 +9,7 @@ import base64
 import datetime
 import os
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.words.protocols.jabber import error as jerror
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
@@ -115,6 +115,30 @@ def newStanzaId() -> str:
         micros = _lastMicros + 1
     _lastMicros = micros
     return f"{micros:013x}" + base64.urlsafe_b64encode(_pool.take(9)).decode("ascii")
+
+
+def isServerMark(name: str, uri: str | None, attributes: dict[Any, str], domain: str) -> bool:
+    """
+    Whether a child of a message is one of the marks only this server adds: a XEP-0359
+    stanza-id by the domain or by a local user, or a XEP-0203 delay stamp in the domain's name
+    (offline storage).  The core removes such children from what clients send
+    (L{dropServerMarks}), so every one in a routed message is the server's; the archive shows
+    messages without them (its ids and times are its own).
+    """
+    if name == "stanza-id" and uri == NS_SID:
+        by = attributes.get("by", "")
+        return by == domain or by.endswith("@" + domain)
+    return name == "delay" and uri == NS_DELAY and attributes.get("from") == domain
+
+
+def dropServerMarks(element: domish.Element, domain: str) -> None:
+    """Remove the children of C{element} that are server marks (L{isServerMark})."""
+    children = element.children
+    for index in range(len(children) - 1, -1, -1):
+        child = children[index]
+        if not isinstance(child, str) and isServerMark(child.name, child.uri, child.attributes,
+                                                       domain):
+            del children[index]
 
 
 def dropParents(element: domish.Element) -> None:
