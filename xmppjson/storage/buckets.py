@@ -73,10 +73,16 @@ def sidMicros(sid: str) -> int | None:
         return None
 
 
+def recordText(ident: int, sid: str, stamp: int, resourceA: str, resourceB: str, sender: str,
+           xml: str) -> str:
+    """One record's text (see the module docstring): the one place its layout is written."""
+    return (f"{ident}{SEP}{sid}{SEP}{stamp}{SEP}{resourceA}{SEP}{resourceB}{SEP}{sender}"
+            f"{SEP}{len(xml)}{SEP}{xml}")
+
+
 def encode(raw: Raw) -> str:
-    """One record (see the module docstring)."""
-    return (f"{raw.id}{SEP}{raw.sid}{SEP}{raw.stamp}{SEP}{raw.resourceA}{SEP}{raw.resourceB}"
-            f"{SEP}{raw.sender}{SEP}{len(raw.xml)}{SEP}{raw.xml}")
+    """One record, from its fields."""
+    return recordText(*raw)
 
 
 def _fields(data: str) -> Iterator[tuple[str, str, str, str, str, str, str]]:

@@ -68,6 +68,7 @@ from xmppjson.storage.buckets import (
     decode,
     decodeRaw,
     encode,
+    recordText,
     sidMicros,
 )
 
@@ -970,12 +971,10 @@ class SQLStore:
             # smaller address (the recipient's, for a message to oneself).
             if senderJID < recipientJID:
                 add((m.sender, m.recipient, senderJID, recipientJID), ident, sid, stamp,
-                    f"{ident}{SEP}{sid}{SEP}{stamp}{SEP}{senderResource}{SEP}"
-                    f"{recipientResource}{SEP}a{SEP}{len(xml)}{SEP}{xml}")
+                    recordText(ident, sid, stamp, senderResource, recipientResource, "a", xml))
             else:
                 add((m.recipient, m.sender, recipientJID, senderJID), ident, sid, stamp,
-                    f"{ident}{SEP}{sid}{SEP}{stamp}{SEP}{recipientResource}{SEP}"
-                    f"{senderResource}{SEP}b{SEP}{len(xml)}{SEP}{xml}")
+                    recordText(ident, sid, stamp, recipientResource, senderResource, "b", xml))
             count += 1
         self._archiveLastId = last
         return buckets.rows(), sids, count
