@@ -298,6 +298,14 @@ def runStore(code: str, messages: int, batch: int, pairs: int, directory: str) -
     conn.executemany("INSERT INTO users (localpart, created) VALUES (?, '2026-01-01')",
                      [(u,) for u in users])
     store = sqliteStore.SQLiteStore(path)
+    # An ArchiveMessage's stamp: a datetime up to schema 6's first version, whole microseconds
+    # since (so that one checkout can time the versions before it).
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    stampIsInt = storage.ArchiveMessage.__annotations__["stamp"] == "int"
+
+    def stampOf(when: datetime.datetime) -> Any:
+        return (when - epoch) // datetime.timedelta(microseconds=1) if stampIsInt else when
+
     store._archiveLastId = 0
     rng = random.Random(7)
     when = datetime.datetime(2026, 11, 27, tzinfo=datetime.UTC)
@@ -309,7 +317,7 @@ def runStore(code: str, messages: int, batch: int, pairs: int, directory: str) -
             s, r = (2 * pair, 2 * pair + 1) if n % 2 else (2 * pair + 1, 2 * pair)
             when += datetime.timedelta(microseconds=70)
             chunk.append(storage.ArchiveMessage(
-                stanzas.newStanzaId(), when, users[r], users[s], f"{users[s]}@localhost",
+                stanzas.newStanzaId(), stampOf(when), users[r], users[s], f"{users[s]}@localhost",
                 "bench", f"{users[r]}@localhost", "bench", XML.format(r=r, s=s, n=n)))
         started = time.process_time()
         if hasattr(store, "_archiveBatch"):  # schema version 6 and later

@@ -29,6 +29,7 @@ def main() -> None:
     from xmppjson.im.stanzas import newStanzaId
     from xmppjson.scram import makeCredentials
     from xmppjson.storage import ArchiveMessage, ArchiveQuery
+    from xmppjson.storage.sql import micros
     from xmppjson.storage.sqlite import SQLiteStore
 
     utc = datetime.UTC
@@ -48,7 +49,7 @@ def main() -> None:
                 sid = newStanzaId()
                 sids.append(sid)
                 frm, to = (("alice", "bob") if n % 2 else ("bob", "alice")) if n % 5 else ("carol", "alice")
-                batch.append(ArchiveMessage(sid, when, to, frm, f"{frm}@localhost", "pc",
+                batch.append(ArchiveMessage(sid, micros(when), to, frm, f"{frm}@localhost", "pc",
                                             f"{to}@localhost", "pc",
                                             f"<message type='chat'><body>message {n}</body></message>"))
             await store.archiveMessages(batch)

@@ -96,9 +96,9 @@ def messageOf(entry: ArchiveEntry) -> ArchiveMessage:
     """The message that puts C{entry} in its owner's archive, and in nobody else's."""
     me = f"{entry.owner}@localhost"
     if entry.outgoing:
-        return ArchiveMessage(entry.id, entry.stamp, None, entry.owner, me, "", entry.withJID,
+        return ArchiveMessage(entry.id, micros(entry.stamp), None, entry.owner, me, "", entry.withJID,
                               entry.withResource, entry.xml)
-    return ArchiveMessage(entry.id, entry.stamp, entry.owner, None, entry.withJID,
+    return ArchiveMessage(entry.id, micros(entry.stamp), entry.owner, None, entry.withJID,
                           entry.withResource, me, "", entry.xml)
 
 
@@ -770,7 +770,7 @@ class StoreTestsMixin(_MixinBase):
         await self.store.createUser("alice", CREDS)
         await self.store.createUser("bob", CREDS)
         xml = "<message id='m'><body>hej</body></message>"
-        message = ArchiveMessage("both", T0, "bob", "alice", "alice@localhost", "laptop",
+        message = ArchiveMessage("both", micros(T0), "bob", "alice", "alice@localhost", "laptop",
                                  "bob@localhost", "phone", xml)
         self.assertEqual(await self.store.archiveMessages([message]), 1)
         self.assertEqual(await self.store.archiveMessages([message]), 0)  # already there
@@ -792,7 +792,7 @@ class StoreTestsMixin(_MixinBase):
         pairs = [("alice", "bob"), ("bob", "alice"), ("carol", "alice"), ("alice", "carol"),
                  ("bob", "carol"), ("alice", "alice")]
         messages = [
-            ArchiveMessage(f"m{n}", T0 + datetime.timedelta(seconds=n // 2), to, frm,
+            ArchiveMessage(f"m{n}", micros(T0 + datetime.timedelta(seconds=n // 2)), to, frm,
                            f"{frm}@localhost", "", f"{to}@localhost", "", f"<message id='{n}'/>")
             for n, (frm, to) in enumerate(pairs)
         ]
@@ -825,11 +825,11 @@ class StoreTestsMixin(_MixinBase):
         """
         await self.store.createUser("alice", CREDS)
         await self.store.createUser("bob", CREDS)
-        sent = ArchiveMessage("to-ghost", T0, "ghost", "alice", "alice@localhost", "",
+        sent = ArchiveMessage("to-ghost", micros(T0), "ghost", "alice", "alice@localhost", "",
                               "ghost@localhost", "", "<message/>")
-        onlyGhost = ArchiveMessage("ghostly", T0, "ghost", None, "bob@localhost", "",
+        onlyGhost = ArchiveMessage("ghostly", micros(T0), "ghost", None, "bob@localhost", "",
                                    "ghost@localhost", "", "<message/>")
-        shared = ArchiveMessage("shared", T0, "bob", "alice", "alice@localhost", "",
+        shared = ArchiveMessage("shared", micros(T0), "bob", "alice", "alice@localhost", "",
                                 "bob@localhost", "", "<message/>")
         self.assertEqual(await self.store.archiveMessages([sent, onlyGhost, shared]), 2)
         self.assertEqual([e.id for e in (await self.store.queryArchive(
@@ -858,7 +858,7 @@ class StoreTestsMixin(_MixinBase):
         await other.start()
 
         def message(sid: str, when: datetime.datetime) -> ArchiveMessage:
-            return ArchiveMessage(sid, when, "alice", None, "bob@localhost", "",
+            return ArchiveMessage(sid, micros(when), "alice", None, "bob@localhost", "",
                                   "alice@localhost", "", "<message/>")
 
         early = T0 - datetime.timedelta(seconds=10)
@@ -885,12 +885,12 @@ class StoreTestsMixin(_MixinBase):
         await self.store.createUser("bob", CREDS)
         sids = [newStanzaId() for _ in range(5)]
         messages = [
-            ArchiveMessage(sid, T0, "bob", "alice", "alice@localhost", "pc", "bob@localhost",
+            ArchiveMessage(sid, micros(T0), "bob", "alice", "alice@localhost", "pc", "bob@localhost",
                            "", f"<message id='{n}'/>") if n % 2 else
-            ArchiveMessage(sid, T0, "alice", "bob", "bob@localhost", "", "alice@localhost",
+            ArchiveMessage(sid, micros(T0), "alice", "bob", "bob@localhost", "", "alice@localhost",
                            "pc", f"<message id='{n}'/>")
             for n, sid in enumerate(sids[:4])
-        ] + [ArchiveMessage(sids[4], T0, None, "alice", "alice@localhost", "", "carol@other",
+        ] + [ArchiveMessage(sids[4], micros(T0), None, "alice", "alice@localhost", "", "carol@other",
                             "", "<message id='4'/>")]
         self.assertEqual(await self.store.archiveMessages(messages), 5)
         self.assertEqual(await self.store._fetch("SELECT COUNT(*) FROM archive_sids"), [(0,)])
@@ -1020,7 +1020,7 @@ class StoreTestsMixin(_MixinBase):
             self.assertEqual(page.entries, entries)
         # and new messages go after them
         await store.archiveMessages([ArchiveMessage(
-            "m5", T0, "bob", "alice", "alice@localhost", "", "bob@localhost", "", "<message/>")])
+            "m5", micros(T0), "bob", "alice", "alice@localhost", "", "bob@localhost", "", "<message/>")])
         page = await store.queryArchive("alice", ArchiveQuery(max=1, before=""))
         self.assertEqual([e.id for e in page.entries], ["m5"])
         self.assertEqual(await store.purgeArchive(T0 + datetime.timedelta(seconds=1)), 3)
@@ -1070,7 +1070,7 @@ class StoreTestsMixin(_MixinBase):
         self.assertEqual(page.entries, bobs[:1])
         fresh = newStanzaId()
         await store.archiveMessages([ArchiveMessage(
-            fresh, T0, "bob", "alice", "alice@localhost", "", "bob@localhost", "", "<message/>")])
+            fresh, micros(T0), "bob", "alice", "alice@localhost", "", "bob@localhost", "", "<message/>")])
         page = await store.queryArchive("alice", ArchiveQuery(max=1, before=""))
         self.assertEqual([e.id for e in page.entries], [fresh])
         self.assertEqual(await store.purgeArchive(T0 + datetime.timedelta(microseconds=5)), 3)

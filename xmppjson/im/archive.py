@@ -33,6 +33,7 @@ from xmppjson.error import BadRequest, StoreUnavailable, XMPPJSONError
 from xmppjson.im.stanzas import (
     NS_CLIENT,
     NS_DELAY,
+    NS_SID,
     dropServerMarks,
     firstChild,
     iqResult,
@@ -57,6 +58,10 @@ NS_FORWARD = "urn:xmpp:forward:0"
 NS_RSM = "http://jabber.org/protocol/rsm"
 NS_DATA = "jabber:x:data"
 NS_HINTS = "urn:xmpp:hints"
+
+# What Archive._doorEntry answers for a message it leaves to Archive._entry.
+_NOT_DOOR_TEXT = object()
+_newTuple = tuple.__new__
 
 #: Messages on one page when the query does not say.
 DEFAULT_PAGE = 50
@@ -378,31 +383,42 @@ class Archive:
         states) and keeps a reference: the core never changes a message once it is routed (a
         redelivery keeps its stanza-id; an offline delay stamp is left out of the copy), and
         everything else (namespaces, hints, the stanza-id, the copy) is the batch writer's.
-        A message the c2s door wrote is the exception: its L{ArchiveMessage} is made now (a
-        few µs, nothing to serialise), so the queue does not keep the message alive.
+        A message the c2s door wrote is the exception: its L{ArchiveMessage} is made now
+        (L{_doorEntry}: nothing to serialise or copy), so the queue does not keep the message
+        alive.
         """
         mtype = message.attributes.get("type", "normal")
         if mtype != "chat" and mtype != "normal":
             return
+        queue = self._queue
+        # Read from the instance's dict: domish's __getattr__ would answer a child element
+        # named "_c2sText" for a message the door never wrote.
+        text = message.__dict__.get("_c2sText")
+        if text is not None:
+            entry = self._doorEntry(message, bare, text, sender)
+            if entry is None:
+                return
+            if entry is not _NOT_DOOR_TEXT:
+                if len(queue) >= self.maxQueue:
+                    self._drop(1, "the write queue is full")
+                    return
+                queue.append(entry)
+                self._queued()
+                return
         for child in message.children:
             if type(child) is not str and (child.name == "body" or child.name == "subject"):
                 break
         else:
             return
-        queue = self._queue
         if len(queue) >= self.maxQueue:
             self._drop(1, "the write queue is full")
             return
-        if "_c2sText" in message.__dict__:
-            # The door already wrote it: what the store writes costs a few µs now, and the
-            # message need not stay in memory until the batch is written (a queue of
-            # thousands of live element trees is what the young-generation collections
-            # kept walking through).
-            entry = self._entry(self.clock.seconds(), bare, message)
-            if entry is not None:
-                queue.append(entry)
-        else:
-            queue.append((self.clock.seconds(), bare, message))
+        queue.append((self.clock.seconds(), bare, message))
+        self._queued()
+
+    def _queued(self) -> None:
+        """A message was queued: hold the doors' intake, or plan the next write."""
+        queue = self._queue
         if len(queue) >= self.highWater and not self._unavailable and not self.server.intakeHeld:
             self.server.holdIntake()
         if len(queue) >= self.batchSize:
@@ -410,6 +426,53 @@ class Archive:
             self._schedule(0)
         elif self._timer is None:
             self._schedule(self.interval)
+
+    def _doorEntry(self, message: domish.Element, bare: str, text: str,
+                   sender: Session | None) -> ArchiveMessage | object | None:
+        """
+        What the store writes for a message the c2s door wrote (C{text}), made as it is
+        routed: the same as L{_entry} makes, in one pass over the children and with what the
+        core already knows (the sender's session, the clock), because every chat message
+        delivered on the XMPP door comes this way (a few µs: docs/performance.md, item 16).
+        C{None} when the message is not archived; L{_NOT_DOOR_TEXT} when the text is no
+        longer the message's, or the sender is not its session (L{_entry} decides then).
+        """
+        children = message.children
+        stamped = children[-1] if children else None
+        # The recipient's stanza-id, which the core appends just before delivering, is still
+        # the last child, and in the text: nothing was added since the door wrote it.
+        if type(stamped) is str or stamped is None or stamped.name != "stanza-id":
+            return _NOT_DOOR_TEXT
+        attributes = stamped.attributes
+        sid = attributes.get("id")
+        if stamped.uri != NS_SID or attributes.get("by") != bare or not sid or sid not in text:
+            return _NOT_DOOR_TEXT
+        content = False
+        for child in children:
+            if type(child) is not str:
+                name = child.name
+                if name == "body" or name == "subject":
+                    content = content or child.uri == NS_CLIENT or child.uri is None
+                elif child.uri == NS_HINTS and (name == "no-store" or name == "no-permanent-store"):
+                    return None  # XEP-0334: the sender asked for this message not to be kept
+        if not content:
+            return None
+        attributes = message.attributes
+        if sender is None or attributes.get("from") != sender.full:
+            return _NOT_DOOR_TEXT
+        to = attributes.get("to")
+        if to == bare:
+            resource = ""
+        else:
+            recipient = tryJID(to)
+            resource = (recipient.resource if recipient is not None else None) or ""
+        senderBare = sender.bare
+        # Made as a tuple is: this runs for every chat message the XMPP door delivers, and
+        # the named tuple's own constructor costs several times more.
+        return _newTuple(ArchiveMessage, (
+            sid, round(self.clock.seconds() * 1_000_000), bare.partition("@")[0],
+            sender.localpart if senderBare != bare else None, senderBare, sender.resource,
+            bare, resource, text))
 
     def _schedule(self, delay: float) -> None:
         if self._closed:
@@ -510,7 +573,7 @@ class Archive:
         if archived is None:
             return None
         sid, xml = archived
-        when = datetime.datetime.fromtimestamp(routedAt, datetime.UTC)
+        when = round(routedAt * 1_000_000)
         owner = bare.partition("@")[0]
         attributes = message.attributes
         sender = tryJID(attributes.get("from"))

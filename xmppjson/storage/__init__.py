@@ -332,7 +332,9 @@ class ArchiveMessage(NamedTuple):
     chat message).
 
     @ivar id: the server's stanza-id (XEP-0359), unique in the archive.
-    @ivar stamp: when the server routed the message (UTC, aware).
+    @ivar stamp: when the server routed the message, in whole microseconds since the epoch
+        (UTC; L{xmppjson.storage.sql.micros} makes it of a datetime): the archive makes one
+        for every chat message, and a datetime cost more than the rest of it.
     @ivar recipient: the localpart whose archive holds the message as received, or C{None}.
     @ivar sender: the localpart whose archive holds the message as sent, or C{None} (a
         message to oneself is archived once, as received).
@@ -344,7 +346,7 @@ class ArchiveMessage(NamedTuple):
     """
 
     id: str
-    stamp: datetime.datetime
+    stamp: int
     recipient: str | None
     sender: str | None
     senderJID: str

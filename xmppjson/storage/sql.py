@@ -951,29 +951,23 @@ class SQLStore:
         add = buckets.add
         sids: list[tuple[str, int]] = []
         count = 0
-        for m in messages:
-            sid = m.id
-            senderResource = m.senderResource
-            recipientResource = m.recipientResource
+        for (sid, stamp, recipient, sender, senderJID, senderResource, recipientJID,
+             recipientResource, xml) in messages:
             if SEP in sid or SEP in senderResource or SEP in recipientResource:
                 continue  # cannot happen with valid JIDs and the server's ids: never stored
-            stamp = (m.stamp - EPOCH) // MICROSECOND
             ident = sidMicros(sid)
             if ident is None:
                 ident = last + 1 if last >= stamp else stamp
                 sids.append((sid, ident))
             if ident > last:  # noqa: PLR1730 -- max() costs a call per message here
                 last = ident
-            xml = m.xml
-            senderJID = m.senderJID
-            recipientJID = m.recipientJID
             # One bucket per conversation whichever way its messages go: side a is the
             # smaller address (the recipient's, for a message to oneself).
             if senderJID < recipientJID:
-                add((m.sender, m.recipient, senderJID, recipientJID), ident, sid, stamp,
+                add((sender, recipient, senderJID, recipientJID), ident, sid, stamp,
                     recordText(ident, sid, stamp, senderResource, recipientResource, "a", xml))
             else:
-                add((m.recipient, m.sender, recipientJID, senderJID), ident, sid, stamp,
+                add((recipient, sender, recipientJID, senderJID), ident, sid, stamp,
                     recordText(ident, sid, stamp, recipientResource, senderResource, "b", xml))
             count += 1
         self._archiveLastId = last
