@@ -279,6 +279,42 @@ class BatchingTests(_Base):
         self.assertEqual(archive.dropped, 0)
 
     @_d
+    async def test_arrivalsDuringAWriteWaitForTheNextTimer(self) -> None:
+        """
+        Messages routed while a batch is written go in the next timer's batch (or a full
+        one), not in a write of their own as soon as the first ends: a busy server writes a
+        few large transactions.
+        """
+        core, _a, s = await self.pair()
+        archive = core.im.archive
+        held: list[defer.Deferred[None]] = []
+        original = core.store.archiveMessages
+
+        def slow(messages: list[ArchiveMessage]) -> Any:
+            gate: defer.Deferred[None] = defer.Deferred()
+            held.append(gate)
+            return gate.addCallback(lambda _: original(messages))
+
+        core.store.archiveMessages = slow
+        counting = _CountingStore(core)
+        self.addCleanup(lambda: [gate.callback(None) for gate in held])
+        for n in range(3):
+            s.send(f"<message to='alicja@localhost' type='chat'><body>{n}</body></message>")
+        core.clock.advance(archive.interval)
+        self.assertEqual(counting.calls, [3])
+        for n in range(3, 5):
+            s.send(f"<message to='alicja@localhost' type='chat'><body>{n}</body></message>")
+        held.pop().callback(None)
+        await until(lambda: archive.written == 3)
+        self.assertEqual((counting.calls, len(archive._queue)), ([3], 2))
+        core.clock.advance(archive.interval)
+        self.assertEqual(counting.calls, [3, 2])
+        held.pop().callback(None)
+        await until(lambda: archive.written == 5)
+        bodies = [str(parse(e.xml).body) for e in await archiveOf(core, "alicja")]
+        self.assertEqual(bodies, ["0", "1", "2", "3", "4"])
+
+    @_d
     async def test_queryWritesWhatIsQueued(self) -> None:
         core, _a, s = await self.pair()
         s.send("<message to='alicja@localhost' type='chat'><body>just now</body></message>")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -1228,17 +1229,36 @@ class SQLiteMemoryTests(StoreTestsMixin, unittest.TestCase):
 class InsertManyTests(unittest.TestCase):
     """SQLite's multi-row statements (L{SQLiteStore._insertMany}), without a database."""
 
-    def test_cutIntoFewStatementsUnderTheParameterLimit(self) -> None:
+    def test_fewStatementsUnderTheParameterLimit(self) -> None:
+        """
+        Rows go in as few statements as SQLite's parameter limit allows, padded to a few
+        sizes; the padding inserts nothing, and an upsert tail works after the statements'
+        C{SELECT}.
+        """
         store = SQLiteStore(":memory:")
-        for width, count in ((10, 1401), (40, 1000), (3, 1)):
+        for width, count, expected in ((10, 1401, 1), (40, 1000, 2), (3, 1, 1), (3, 17, 1)):
+            columns = ", ".join(f"c{c}" for c in range(width))
+            db = sqlite3.connect(":memory:")
+            db.execute(f"CREATE TABLE t ({columns}, UNIQUE (c0))")
             rows = [tuple(f"{r}-{c}" for c in range(width)) for r in range(count)]
-            statements = store._insertMany("INSERT INTO t (...)", ("text",) * width, rows, "")
-            self.assertEqual([v for _, params in statements for v in params],
-                             [v for row in rows for v in row])
+            head = f"INSERT INTO t ({columns})"
+            statements = store._insertMany(head, ("text",) * width, rows, "")
+            self.assertEqual(len(statements), expected)
             for sql, params in statements:
                 self.assertLessEqual(len(params), sqlite._MAX_PARAMETERS)
                 self.assertEqual(sql.count("%s"), len(params))
-            self.assertLessEqual(len({sql for sql, _ in statements}), 6)
+                db.execute(sqlite._qmark(sql), params)
+            self.assertEqual(db.execute("SELECT * FROM t ORDER BY rowid").fetchall(), rows)
+            again = store._insertMany(head, ("text",) * width, rows[:1] + [("new",) * width],
+                                      "ON CONFLICT DO NOTHING")
+            for sql, params in again:
+                db.execute(sqlite._qmark(sql), params)
+            self.assertEqual(db.execute("SELECT COUNT(*) FROM t").fetchone(), (count + 1,))
+            db.close()
+        texts = {sql for n in (*range(1, 70), 127, 128, 129, 500, 1000, 2047, 2048, 2049, 3000)
+                 for sql, _ in store._insertMany("INSERT INTO t (...)", ("text",) * 11,
+                                                 [("x",) * 11] * n, "")}
+        self.assertLessEqual(len(texts), 8)
 
 
 class OpenStoreTests(unittest.TestCase):

@@ -47,18 +47,25 @@ _CHECKPOINT_PAGES = 10000
 _BUSY_TIMEOUT = 5.0
 
 
-# Rows per multi-row INSERT statement (L{SQLiteStore._insertMany}), largest first: a batch of
-# any size is cut into these, so that few statement texts exist.  Sizes that would bind more
-# than SQLite's parameter limit (32766 since 3.32) for the row width are skipped.
-_VALUES_ROWS = (1024, 256, 64, 16, 4, 1)
+# Rows per multi-row INSERT statement (L{SQLiteStore._insertMany}): a batch's rows are padded
+# to the next power of two, at least L{_VALUES_MIN}, so that a handful of statement texts serve
+# every batch (sqlite3 keeps them compiled); at most what SQLite's parameter limit (32766 since
+# 3.32) allows for the row width.
+_VALUES_MIN = 16
 _MAX_PARAMETERS = 32766
 
 
 @lru_cache(maxsize=64)
 def _valuesStatement(head: str, width: int, rows: int, tail: str) -> str:
-    """C{head VALUES (?, ...), ... tail} for C{rows} rows of C{width} values, in C{%s} style."""
-    row = "(" + ", ".join(["%s"] * width) + ")"
-    return f"{head} VALUES {', '.join([row] * rows)} {tail}"
+    """
+    C{head SELECT ... FROM (VALUES ...) WHERE column1 IS NOT NULL tail} for C{rows} rows of
+    C{width} values, in C{%s} style: each row has a leading mark, C{NULL} in the padding rows,
+    which the C{WHERE} leaves out (and which an upsert C{tail} needs after a C{SELECT}).
+    """
+    row = "(" + ", ".join(["%s"] * (width + 1)) + ")"
+    columns = ", ".join(f"column{i}" for i in range(2, width + 2))
+    return (f"{head} SELECT {columns} FROM (VALUES {', '.join([row] * rows)})"
+            f" WHERE column1 IS NOT NULL {tail}")
 
 
 @lru_cache(maxsize=512)
@@ -102,7 +109,15 @@ def _executeInteraction(cursor: Any, sql: str, params: Params) -> None:
 
 
 def _inTransaction(cursor: Any, statements: list[Statement], step: Any) -> list[Any]:
-    """Run C{step(cursor, sql, params)} for each statement, all in one transaction."""
+    """
+    Run C{step(cursor, sql, params)} for each statement, all in one transaction.  One
+    statement is a transaction of its own (the connection is in autocommit mode): no C{BEGIN}
+    and C{COMMIT} around it, which would be two more calls that let go of the GIL and must
+    take it back from a busy reactor thread (docs/performance.md, item 16).
+    """
+    if len(statements) == 1:
+        [(sql, params)] = statements
+        return [step(cursor, _qmark(sql), params)]
     cursor.execute("BEGIN IMMEDIATE")
     try:
         results = [step(cursor, _qmark(sql), params) for sql, params in statements]
@@ -217,30 +232,30 @@ class SQLiteStore(SQLStore):
     def _insertMany(self, head: str, types: tuple[str, ...], rows: list[tuple[Any, ...]],
                     tail: str) -> list[Statement]:
         """
-        The rows in a few multi-row C{VALUES} statements, their sizes taken from
-        L{_VALUES_ROWS} so that a handful of statement texts serve every batch (sqlite3 keeps
-        them compiled).  A statement stepped once per row (C{executemany}) would make Python's
-        sqlite3 release the GIL around every step and take it back for the next row: while
-        the reactor thread is busy that wait is up to the interpreter's switch interval (5 ms)
-        per row, and a batch of 1000 archived messages took 0.4-0.7 s instead of 7 ms.  Here a
-        statement is stepped once for hundreds of rows.  (Rows passed as one JSON parameter
-        read back with C{json_each} cost half as much CPU again per row: every C{json_extract}
-        parses the row's text again; docs/performance.md, item 11.)
+        The rows in as few multi-row statements as SQLite's parameter limit allows: one for
+        every batch of the archive writer but the largest.  Each call into SQLite lets go of
+        the GIL, and taking it back while the reactor thread is busy costs the writer thread
+        many futile wake-ups (up to the interpreter's 5 ms switch interval): a statement per
+        row (C{executemany}) made a batch of 1000 archived messages take 0.4-0.7 s instead of
+        7 ms, and five statements plus C{BEGIN} and C{COMMIT} per batch still cost several
+        times SQLite's own work (docs/performance.md, items 11 and 16).  (Rows passed as one
+        JSON parameter read back with C{json_each} cost half as much CPU again per row: every
+        C{json_extract} parses the row's text again.)
         """
         statements: list[Statement] = []
         width = len(types)
-        start = 0
-        left = len(rows)
-        for size in _VALUES_ROWS:
-            if size > 1 and size * width > _MAX_PARAMETERS:
-                continue
-            while left >= size:
-                chunk = rows[start:start + size]
-                statements.append(
-                    (_valuesStatement(head, width, size, tail), [v for row in chunk for v in row])
-                )
-                start += size
-                left -= size
+        most = _VALUES_MIN
+        while most * 2 * (width + 1) <= _MAX_PARAMETERS:
+            most *= 2
+        padding = (None,) * (width + 1)
+        for start in range(0, len(rows), most):
+            chunk = rows[start:start + most]
+            size = _VALUES_MIN
+            while size < len(chunk):
+                size *= 2
+            params = [value for row in chunk for value in (1, *row)]
+            params += padding * (size - len(chunk))
+            statements.append((_valuesStatement(head, width, size, tail), params))
         return statements
 
     def _classify(self, failure: Failure) -> str | None:
