@@ -320,11 +320,13 @@ class Archive:
 
     log = Logger()
 
-    # Under load the writer waits for 2500 messages: each transaction rewrites the pages it
-    # touches in every index (one per active user in the owner indexes), so fewer, larger
-    # transactions cost less per message (docs/performance.md, "archive write cost").
-    batchSize = 2500
-    interval = 0.25
+    # Under load the writer waits for 5000 messages, or half a second: each transaction
+    # rewrites the pages it touches in every index (one bucket per conversation, each with
+    # its index entries), so fewer, larger transactions cost less per message
+    # (docs/performance.md, "archive write cost" and item 16: at 500 conversations, 2500 and
+    # 0.25 s made buckets of about four messages).
+    batchSize = 5000
+    interval = 0.5
     maxQueue = 20000
     #: With this many messages waiting while the database is up (the writer is behind, not
     #: failing), the doors stop reading from clients until the queue is down to
@@ -332,7 +334,7 @@ class Archive:
     highWater = 10000
     lowWater = 2500
     #: The most messages one transaction writes.
-    maxBatch = 5000
+    maxBatch = 10000
     #: Seconds to wait before writing again after the database was unavailable.
     retryDelay = 1.0
     purgeInterval = 3600.0
