@@ -5,10 +5,11 @@ it: XMPP clients with C{urn:xmpp:mam:2} iqs, web clients with the JSON dialect's
 
 Writing is off the delivery path.  L{Archive.observe} is a message observer
 (L{xmppjson.im.message.MessageHandler.observers}): it runs after the message was delivered (or
-stored offline) and only puts a reference to it in an in-memory queue, about a microsecond.
-The queue is written in batches, one transaction each, when it holds L{Archive.batchSize}
-messages or L{Archive.interval} seconds after its first message, whichever comes first; a
-query writes what is queued before it reads, so nobody misses what was just sent.  The queue is
+stored offline) and puts it in an in-memory queue (for a message the c2s door wrote, what the
+store will write, made at once from the door's text: a few µs).  The queue is written in
+batches, one transaction each, when it holds L{Archive.batchSize} messages or
+L{Archive.interval} seconds after its first message, whichever comes first; a query writes
+what is queued before it reads, so nobody misses what was just sent.  The queue is
 bounded (L{Archive.maxQueue}): when the database is away for long the newest messages are not
 archived, and a log line says how many.
 
