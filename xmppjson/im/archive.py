@@ -210,6 +210,31 @@ def parseMAMQuery(query: domish.Element) -> ArchiveQuery:
     return ArchiveQuery(**arguments)
 
 
+def archivable(children: list[Any]) -> bool:
+    """
+    Whether a message with these children is archived for what it holds: a body or a subject
+    in C{jabber:client}, and no XEP-0334 C{no-store} or C{no-permanent-store} hint (the
+    sender asked for it not to be kept).
+    """
+    content = False
+    for child in children:
+        if type(child) is not str:
+            name = child.name
+            if name == "body" or name == "subject":
+                content = content or child.uri == NS_CLIENT or child.uri is None
+            elif child.uri == NS_HINTS and (name == "no-store" or name == "no-permanent-store"):
+                return False
+    return content
+
+
+def addressedResource(to: str | None, bare: str) -> str:
+    """The resource a message's C{to} names: C{""} for C{bare} itself or an unreadable one."""
+    if to == bare:
+        return ""
+    recipient = tryJID(to)
+    return (recipient.resource if recipient is not None else None) or ""
+
+
 # -- results --------------------------------------------------------------------------------
 
 
@@ -393,35 +418,24 @@ class Archive:
         mtype = message.attributes.get("type", "normal")
         if mtype != "chat" and mtype != "normal":
             return
-        queue = self._queue
         # Read from the instance's dict: domish's __getattr__ would answer a child element
         # named "_c2sText" for a message the door never wrote.
         text = message.__dict__.get("_c2sText")
-        if text is not None:
-            entry = self._doorEntry(message, bare, text, sender)
-            if entry is None:
-                return
-            if entry is not _NOT_DOOR_TEXT:
-                if len(queue) >= self.maxQueue:
-                    self._drop(1, "the write queue is full")
-                    return
-                queue.append(entry)
-                self._queued()
-                return
-        for child in message.children:
-            if type(child) is not str and (child.name == "body" or child.name == "subject"):
-                break
-        else:
+        entry = _NOT_DOOR_TEXT if text is None else self._doorEntry(message, bare, text, sender)
+        if entry is None:
             return
+        if entry is _NOT_DOOR_TEXT:
+            for child in message.children:
+                if type(child) is not str and (child.name == "body" or child.name == "subject"):
+                    break
+            else:
+                return
+            entry = (self.clock.seconds(), bare, message)
+        queue = self._queue
         if len(queue) >= self.maxQueue:
             self._drop(1, "the write queue is full")
             return
-        queue.append((self.clock.seconds(), bare, message))
-        self._queued()
-
-    def _queued(self) -> None:
-        """A message was queued: hold the doors' intake, or plan the next write."""
-        queue = self._queue
+        queue.append(entry)
         if len(queue) >= self.highWater and not self._unavailable and not self.server.intakeHeld:
             self.server.holdIntake()
         if len(queue) >= self.batchSize:
@@ -450,25 +464,12 @@ class Archive:
         sid = attributes.get("id")
         if stamped.uri != NS_SID or attributes.get("by") != bare or not sid or sid not in text:
             return _NOT_DOOR_TEXT
-        content = False
-        for child in children:
-            if type(child) is not str:
-                name = child.name
-                if name == "body" or name == "subject":
-                    content = content or child.uri == NS_CLIENT or child.uri is None
-                elif child.uri == NS_HINTS and (name == "no-store" or name == "no-permanent-store"):
-                    return None  # XEP-0334: the sender asked for this message not to be kept
-        if not content:
+        if not archivable(children):
             return None
         attributes = message.attributes
         if sender is None or attributes.get("from") != sender.full:
             return _NOT_DOOR_TEXT
-        to = attributes.get("to")
-        if to == bare:
-            resource = ""
-        else:
-            recipient = tryJID(to)
-            resource = (recipient.resource if recipient is not None else None) or ""
+        resource = addressedResource(attributes.get("to"), bare)
         senderBare = sender.bare
         # Made as a tuple is: this runs for every chat message the XMPP door delivers, and
         # the named tuple's own constructor costs several times more.
@@ -519,26 +520,23 @@ class Archive:
         message without those marks, by L{xmppjson.xmltext} (L{serialize}: C{jabber:client}
         implied, as L{parseStanza} reads it back).
         """
+        if not archivable(message.children):
+            return None
         domain = self.domain
         sid = None
         stamped = None
-        content = False
         marks = 0
         for child in message.children:
             if type(child) is not str:
                 name = child.name
-                if name == "body" or name == "subject":
-                    content = content or child.uri == NS_CLIENT or child.uri is None
-                elif name == "stanza-id" or name == "delay":
+                if name == "stanza-id" or name == "delay":
                     attributes = child.attributes
                     if isServerMark(name, child.uri, attributes, domain):
                         marks += 1
                         if name == "stanza-id" and attributes.get("by") == bare:
                             sid = attributes.get("id")
                             stamped = child
-                elif child.uri == NS_HINTS and (name == "no-store" or name == "no-permanent-store"):
-                    return None  # XEP-0334: the sender asked for this message not to be kept
-        if not content or not sid:
+        if not sid:
             return None
         # Read from the instance's dict: domish's __getattr__ would answer a child element
         # named "_c2sText" for a message the door never wrote.
@@ -584,8 +582,7 @@ class Archive:
         owner = bare.partition("@")[0]
         attributes = message.attributes
         sender = tryJID(attributes.get("from"))
-        recipient = tryJID(attributes.get("to"))
-        resource = (recipient.resource if recipient is not None else None) or ""
+        resource = addressedResource(attributes.get("to"), bare)
         domain = self.domain
         if sender is None:
             # Not from a JID (the core always sets one): the recipient's copy only.
