@@ -1070,7 +1070,8 @@ class DoorTextTests(unittest.TestCase):
             fx.im.messages._stampId(message, "juliet@localhost")
             juliet.session.deliver(message)
             text = await self.written(juliet)
-            door = archive._doorEntry(message, "juliet@localhost", text, sender)
+            door = archive._doorEntry(message, "juliet@localhost",
+                                      (message.children[-1]["id"], text), sender)
             entry = archive._entry(fx.im.reactor.seconds(), "juliet@localhost", message)
             if entry is None:
                 self.assertIsNone(door, inner)

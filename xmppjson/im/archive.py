@@ -227,6 +227,30 @@ def archivable(children: list[Any]) -> bool:
     return content
 
 
+def doorText(message: domish.Element, bare: str) -> tuple[str, str] | None:
+    """
+    The recipient's stanza-id and the text the c2s door wrote for C{message}
+    (L{xmppjson.c2s.stream.C2SSession.deliver} keeps it as C{_c2sText}), when that text is
+    still the message's: written after the server stamped this stanza-id (the id is in it)
+    and with nothing added since (the stanza-id, which the core appends just before
+    delivering, is still the last child); else C{None}.
+    """
+    # Read from the instance's dict: domish's __getattr__ would answer a child element named
+    # "_c2sText" for a message the door never wrote.
+    text = message.__dict__.get("_c2sText")
+    children = message.children
+    if text is None or not children:
+        return None
+    stamped = children[-1]
+    if type(stamped) is str or stamped.name != "stanza-id" or stamped.uri != NS_SID:
+        return None
+    attributes = stamped.attributes
+    sid = attributes.get("id")
+    if attributes.get("by") != bare or not sid or sid not in text:
+        return None
+    return sid, text
+
+
 def addressedResource(to: str | None, bare: str) -> str:
     """The resource a message's C{to} names: C{""} for C{bare} itself or an unreadable one."""
     if to == bare:
@@ -418,10 +442,8 @@ class Archive:
         mtype = message.attributes.get("type", "normal")
         if mtype != "chat" and mtype != "normal":
             return
-        # Read from the instance's dict: domish's __getattr__ would answer a child element
-        # named "_c2sText" for a message the door never wrote.
-        text = message.__dict__.get("_c2sText")
-        entry = _NOT_DOOR_TEXT if text is None else self._doorEntry(message, bare, text, sender)
+        door = doorText(message, bare)
+        entry = _NOT_DOOR_TEXT if door is None else self._doorEntry(message, bare, door, sender)
         if entry is None:
             return
         if entry is _NOT_DOOR_TEXT:
@@ -444,28 +466,19 @@ class Archive:
         elif self._timer is None:
             self._schedule(self.interval)
 
-    def _doorEntry(self, message: domish.Element, bare: str, text: str,
+    def _doorEntry(self, message: domish.Element, bare: str, door: tuple[str, str],
                    sender: Session | None) -> ArchiveMessage | object | None:
         """
-        What the store writes for a message the c2s door wrote (C{text}), made as it is
-        routed: the same as L{_entry} makes, in one pass over the children and with what the
-        core already knows (the sender's session, the clock), because every chat message
-        delivered on the XMPP door comes this way (a few µs: docs/performance.md, item 16).
-        C{None} when the message is not archived; L{_NOT_DOOR_TEXT} when the text is no
-        longer the message's, or the sender is not its session (L{_entry} decides then).
+        What the store writes for a message the c2s door wrote (C{door}: L{doorText}), made
+        as it is routed: the same as L{_entry} makes, with what the core already knows (the
+        sender's session, the clock), because every chat message delivered on the XMPP door
+        comes this way (a few µs: docs/performance.md, item 16).  C{None} when the message is
+        not archived; L{_NOT_DOOR_TEXT} when the sender is not its session (L{_entry} decides
+        then).
         """
-        children = message.children
-        stamped = children[-1] if children else None
-        # The recipient's stanza-id, which the core appends just before delivering, is still
-        # the last child, and in the text: nothing was added since the door wrote it.
-        if type(stamped) is str or stamped is None or stamped.name != "stanza-id":
-            return _NOT_DOOR_TEXT
-        attributes = stamped.attributes
-        sid = attributes.get("id")
-        if stamped.uri != NS_SID or attributes.get("by") != bare or not sid or sid not in text:
-            return _NOT_DOOR_TEXT
-        if not archivable(children):
+        if not archivable(message.children):
             return None
+        sid, text = door
         attributes = message.attributes
         if sender is None or attributes.get("from") != sender.full:
             return _NOT_DOOR_TEXT
@@ -510,11 +523,8 @@ class Archive:
         C{bare}) and the XML to store; C{None} when it is not archived (no body or subject in
         C{jabber:client}, a XEP-0334 no-store hint, no stanza-id).
 
-        The XML is the text the c2s door wrote when it delivered the message
-        (L{xmppjson.c2s.stream.C2SSession.deliver} keeps it as C{_c2sText}), when that text is
-        still the message's: written after the server stamped this stanza-id (the id is in
-        it) and with nothing added since (the stanza-id, which the core appends just before
-        delivering, is still the last child).  It still holds the server's marks
+        The XML is the text the c2s door wrote when it delivered the message, when that text
+        is still the message's (L{doorText}).  It still holds the server's marks
         (L{isServerMark}), which L{archivedMessage} drops on reading.  Otherwise (another door,
         offline storage, a message changed since) it is the serialisation of a copy of the
         message without those marks, by L{xmppjson.xmltext} (L{serialize}: C{jabber:client}
@@ -522,9 +532,11 @@ class Archive:
         """
         if not archivable(message.children):
             return None
+        door = doorText(message, bare)
+        if door is not None:
+            return door
         domain = self.domain
         sid = None
-        stamped = None
         marks = 0
         for child in message.children:
             if type(child) is not str:
@@ -535,14 +547,8 @@ class Archive:
                         marks += 1
                         if name == "stanza-id" and attributes.get("by") == bare:
                             sid = attributes.get("id")
-                            stamped = child
         if not sid:
             return None
-        # Read from the instance's dict: domish's __getattr__ would answer a child element
-        # named "_c2sText" for a message the door never wrote.
-        text = message.__dict__.get("_c2sText")
-        if text is not None and message.children[-1] is stamped and sid in text:
-            return sid, text
         copy = domish.Element((message.uri, "message"), message.uri)
         copy.attributes = message.attributes
         copy.children = [
