@@ -1008,7 +1008,7 @@ class StoreTestsMixin(_MixinBase):
             for o, i, t, w, r, out, x in v3
         ])
         await store._upgrade()
-        self.assertEqual(store.migrationsApplied, [5, 6])
+        self.assertEqual(store.migrationsApplied, [5, 6, 7])
         self.assertEqual(await store.getSchemaVersion(), schema.CURRENT_VERSION)
         expected = {
             "alice": [ArchiveEntry("alice", i, t, w, r, out, x)
@@ -1053,7 +1053,7 @@ class StoreTestsMixin(_MixinBase):
             for row in v5
         ])
         await store._upgrade()
-        self.assertEqual(store.migrationsApplied, [6])
+        self.assertEqual(store.migrationsApplied, [6, 7])
         when = [EPOCH + datetime.timedelta(microseconds=row[2]) for row in v5]
         alices = [
             ArchiveEntry("alice", "m1", when[0], "bob@localhost", "", True, xml),
@@ -1226,6 +1226,25 @@ class SQLiteMemoryTests(StoreTestsMixin, unittest.TestCase):
         self.assertTrue(await self.store.userExists("alice"))
 
 
+class MigrationRenderingTests(unittest.TestCase):
+    """A migration's statements as each backend runs them."""
+
+    def test_statementsOfOneDialect(self) -> None:
+        """A statement given per dialect runs on the dialects it names, skipped elsewhere."""
+        saved = schema.MIGRATIONS
+        self.addCleanup(setattr, schema, "MIGRATIONS", saved)
+        schema.MIGRATIONS = [(1, [
+            "CREATE TABLE t (id {serial})",
+            {"postgresql": "ALTER TABLE t ALTER COLUMN id SET STATISTICS 100"},
+            {"sqlite": "SELECT {false}", "postgresql": "SELECT {false}"},
+        ])]
+        self.assertEqual(schema.migrationsAfter(0, "sqlite"), [
+            (1, ["CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT)", "SELECT 0"])])
+        self.assertEqual(schema.migrationsMissing([], "postgresql"), [
+            (1, ["CREATE TABLE t (id BIGSERIAL PRIMARY KEY)",
+                 "ALTER TABLE t ALTER COLUMN id SET STATISTICS 100", "SELECT FALSE"])])
+
+
 class InsertManyTests(unittest.TestCase):
     """SQLite's multi-row statements (L{SQLiteStore._insertMany}), without a database."""
 
@@ -1393,6 +1412,36 @@ class PostgreSQLTests(StoreTestsMixin, unittest.TestCase):
         await store.start()
         self.assertTrue(await store.userExists("alice"))
         self.assertEqual(await store.getCredentials("alice"), CREDS)
+
+    async def test_bucketsCompressedWithLZ4(self) -> None:
+        """
+        Version 7: the archive's records are compressed with lz4 where the server has it, and
+        they read back the same.
+        """
+        rows = await self.store._runFetch(
+            "SELECT 'lz4' = ANY (enumvals) FROM pg_settings"
+            " WHERE name = 'default_toast_compression'", ())
+        if not rows or not rows[0][0]:
+            raise unittest.SkipTest("this PostgreSQL has no lz4")
+        rows = await self.store._runFetch(
+            "SELECT attcompression FROM pg_attribute"
+            " WHERE attrelid = 'archive_buckets'::regclass AND attname = 'data'", ())
+        self.assertEqual(rows, [("l",)])
+        for user in ("alice", "bob"):
+            await self.store.createUser(user, CREDS)
+        # Enough text for PostgreSQL to compress it: one bucket, ~40 KB.
+        xml = "<message><body>" + "lorem ipsum dolor " * 2000 + "</body></message>"
+        sids = [newStanzaId() for _ in range(3)]
+        await self.store.archiveMessages([
+            ArchiveMessage(sid, micros(T0) + i, "bob", "alice", "alice@localhost", "pc",
+                           "bob@localhost", "", xml)
+            for i, sid in enumerate(sids)])
+        rows = await self.store._runFetch(
+            "SELECT pg_column_compression(data), pg_column_size(data) < length(data)"
+            " FROM archive_buckets", ())
+        self.assertEqual(rows, [("lz4", True)])
+        page = await self.store.queryArchive("bob", ArchiveQuery())
+        self.assertEqual([(e.id, e.xml) for e in page.entries], [(sid, xml) for sid in sids])
 
     async def test_queryOnDeadConnection(self) -> None:
         """A query sent just as the connection dies fails with StoreUnavailable, not psycopg2's error."""

@@ -11,7 +11,9 @@ Rules for changing the schema:
  - spell column lists out literally here, never derive them from Python constants that may change
    later (such as L{xmppjson.storage.PROFILE_FIELDS}), or an old migration would change meaning;
  - write statements with the dialect placeholders of L{DIALECTS} (C{{serial}}, C{{blob}},
-   C{{timestamp}}, C{{bool}}, C{{false}}, C{{true}}) where SQLite and PostgreSQL differ.
+   C{{timestamp}}, C{{bool}}, C{{false}}, C{{true}}) where SQLite and PostgreSQL differ;
+ - a statement only some backends need is a C{dict} from dialect to statement: the dialects it
+   does not name skip it.
 
 Storage conventions: timestamps are UTC (TEXT in a fixed-width sortable form on SQLite,
 TIMESTAMPTZ on PostgreSQL), booleans are 0/1 on SQLite, binary values are BLOB/BYTEA, roster
@@ -20,7 +22,7 @@ groups are a JSON array in text.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 # The table that records which migrations have been applied.  It is not itself a migration,
 # because reading it is how a store learns which migrations it needs.
@@ -88,7 +90,10 @@ _V1_PROFILE_COLUMNS = (
     "avatar",
 )
 
-MIGRATIONS: list[tuple[int, list[str]]] = [
+# A statement every backend runs, or one per dialect (the dialects not named skip it).
+Migration = str | Mapping[str, str]
+
+MIGRATIONS: list[tuple[int, list[Migration]]] = [
     (
         1,
         [
@@ -345,6 +350,27 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        7,
+        [
+            # PostgreSQL compresses a bucket's records (a few KB to tens of KB of XML) when it
+            # writes them; with its default method, pglz, that was half of the database's CPU
+            # under a chat load: lz4 compresses about as well for a fraction of the work
+            # (docs/performance.md, item 17).  Buckets written before keep pglz, read as ever.
+            # A server built without lz4 (or older than 14, without the clause) keeps pglz.
+            {
+                "postgresql": (
+                    "DO $$ BEGIN"
+                    " EXECUTE 'ALTER TABLE archive_buckets ALTER COLUMN data SET COMPRESSION lz4';"
+                    " EXCEPTION WHEN feature_not_supported OR syntax_error THEN NULL;"
+                    " END $$"
+                ),
+            },
+        ],
+    )
+)
+
 # The highest version, whatever order the list was appended in.
 CURRENT_VERSION: int = max(number for number, _ in MIGRATIONS)
 
@@ -360,6 +386,19 @@ def render(statement: str, dialect: str) -> str:
     return statement.format(**DIALECTS[dialect])
 
 
+def _rendered(statements: list[Migration], dialect: str) -> list[str]:
+    """A migration's statements for C{dialect}, without those of other dialects alone."""
+    rendered = []
+    for statement in statements:
+        if not isinstance(statement, str):
+            only = statement.get(dialect)
+            if only is None:
+                continue
+            statement = only
+        rendered.append(render(statement, dialect))
+    return rendered
+
+
 def migrationsMissing(applied: Collection[int], dialect: str) -> list[tuple[int, list[str]]]:
     """
     The migrations a database that recorded the versions C{applied} still needs, oldest first,
@@ -371,7 +410,7 @@ def migrationsMissing(applied: Collection[int], dialect: str) -> list[tuple[int,
     """
     done = set(applied)
     return [
-        (number, [render(statement, dialect) for statement in statements])
+        (number, _rendered(statements, dialect))
         for number, statements in sorted(MIGRATIONS, key=lambda migration: migration[0])
         if number not in done
     ]
@@ -385,7 +424,7 @@ def migrationsAfter(version: int, dialect: str) -> list[tuple[int, list[str]]]:
     @param dialect: a key of L{DIALECTS}.
     """
     return [
-        (number, [render(statement, dialect) for statement in statements])
+        (number, _rendered(statements, dialect))
         for number, statements in sorted(MIGRATIONS, key=lambda migration: migration[0])
         if number > version
     ]
