@@ -1149,6 +1149,30 @@ class SessionTests(unittest.TestCase):
         self.assertEqual((await wire.waitFor("iq"))["id"], "p2")
         self.assertFalse(wire.closed)
 
+    async def test_coreGetsNoParentLinks(self) -> None:
+        """
+        What the door hands the core links no element to its parent
+        (L{xmppjson.xmltext.StanzaParser}), so that it is freed without the collector.
+        """
+        fx = await C2SFixture(self, allowPlaintext=True).start("juliet")
+        wire = await fx.login()
+        original = fx.im.receive
+        parents: list[Any] = []
+
+        def spy(session: Any, element: domish.Element) -> None:
+            stack = [element]
+            while stack:
+                for child in stack.pop().elements():
+                    parents.append(child.parent)
+                    stack.append(child)
+            original(session, element)
+
+        fx.im.receive = spy  # type: ignore[method-assign]
+        wire.send("<iq type='get' id='v1' to='localhost'><query xmlns='jabber:iq:version'>"
+                  "<x xmlns='urn:example'><y/></x></query></iq>")
+        await wire.waitFor("iq")
+        self.assertEqual(parents, [None, None, None])
+
     async def test_shutdownClosesNegotiatingStreams(self) -> None:
         fx = await C2SFixture(self).start()
         wire, _ = fx.open()

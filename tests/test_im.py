@@ -628,9 +628,9 @@ class StanzaIdTests(unittest.TestCase):
     def test_uniqueAcrossRefills(self):
         from xmppjson.im import stanzas
 
-        pool = stanzas._RandomPool()
+        pool = stanzas._SuffixPool()
         self.patch(stanzas, "_pool", pool)
-        count = 3 * stanzas._RandomPool.SIZE // 12 + 5
+        count = 3 * stanzas._SuffixPool.COUNT + 5
         ids = [stanzas.newStanzaId() for _ in range(count)]
         self.assertEqual(len(set(ids)), count)
         for value in ids[:3] + ids[-3:]:
@@ -653,14 +653,24 @@ class StanzaIdTests(unittest.TestCase):
         self.assertEqual(int(ids[0][:13], 16), now[0] // 1000 + 5_000_000)
         self.assertEqual(len({i[13:] for i in ids}), len(ids))
 
-    def test_poolTakesWhatIsAsked(self):
-        from xmppjson.im.stanzas import _RandomPool
+    def test_poolHandsOutItsTextInTurn(self):
+        """
+        Each suffix is the next 12 characters of one encoding of 9 random bytes per suffix, and
+        the pool's text is made anew when it is used up.
+        """
+        import base64
 
-        pool = _RandomPool()
-        taken = [pool.take(12) for _ in range(_RandomPool.SIZE // 12)]
-        self.assertEqual(b"".join(taken), pool._bytes)
-        self.assertEqual(len(pool.take(_RandomPool.SIZE + 1)), _RandomPool.SIZE + 1)
-        self.assertEqual(len(pool.take(7)), 7)
+        from xmppjson.im.stanzas import _SuffixPool
+
+        pool = _SuffixPool()
+        taken = [pool.take() for _ in range(_SuffixPool.COUNT)]
+        self.assertEqual("".join(taken), pool._text)
+        self.assertEqual(len(base64.urlsafe_b64decode(pool._text)), 9 * _SuffixPool.COUNT)
+        self.assertEqual({len(t) for t in taken}, {12})
+        first = pool._text
+        following = pool.take()
+        self.assertNotEqual(pool._text, first)
+        self.assertEqual(following, pool._text[:12])
 
 
 class SessionOpenTests(unittest.TestCase):

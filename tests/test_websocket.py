@@ -457,6 +457,34 @@ class DirectFramePathTests(unittest.TestCase):
         self.assertIsNone(szymon.closedWith)
 
     @_d
+    async def test_coreGetsNoParentLinks(self):
+        """
+        What the door hands the core links no element to its parent, the payload's XML
+        included (L{xmppjson.im.server.IMServer.receive}: freed without the collector).
+        """
+        web, szymon, alicja = await self._pair()
+        parents = []
+        receive = web.im.receive
+
+        def spy(session, element):
+            stack = [element]
+            while stack:
+                for child in stack.pop().elements():
+                    parents.append(child.parent)
+                    stack.append(child)
+            receive(session, element)
+
+        web.im.receive = spy
+        frame = {"type": "message", "payload": {
+            "to": "alicja@localhost", "type": "chat", "body": "z rodzicami?",
+            "xml": ["<x xmlns='urn:example'><y><z/></y></x>"]}}
+        szymon.transport.write(maskedFrame(json.dumps(frame).encode("utf-8")))
+        await web.until(lambda: alicja.frames)
+        self.assertEqual(alicja.take("message")[0]["payload"]["body"], "z rodzicami?")
+        self.assertGreaterEqual(len(parents), 4)  # body, x, y, z
+        self.assertEqual(parents, [None] * len(parents))
+
+    @_d
     async def test_frameSplitIntoSingleBytes(self):
         """A frame arriving a byte per read (Autobahn's incremental reader) reads the same."""
         web, szymon, alicja = await self._pair()

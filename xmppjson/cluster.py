@@ -60,7 +60,7 @@ from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
-from xmppjson.xmltext import serialize
+from xmppjson.xmltext import StanzaParser, serialize
 from xmppjson.config import Config
 from xmppjson.im.stanzas import NS_CLIENT, errorReply, hasBody, parseJID
 from xmppjson.router import Router
@@ -325,7 +325,7 @@ class _StanzaReader:
         self._open()
 
     def _open(self) -> None:
-        stream = domish.elementStream()
+        stream = StanzaParser()
         stream.DocumentStartEvent = lambda root: None
         stream.ElementEvent = self._got.append
         stream.DocumentEndEvent = lambda: None

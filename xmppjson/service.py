@@ -130,8 +130,8 @@ class CollectorService(service.Service):
     service runs (the process-wide setting is restored when it stops).
 
     domish elements point back at their parent, so a stanza the core builds (presence copies,
-    errors, carbons) is freed by the collector (received stanzas are not: the core drops
-    their parent links, L{xmppjson.im.stanzas.dropParents}), and the archive keeps messages
+    errors, carbons) is freed by the collector (received stanzas are not: the doors hand the
+    core trees without parent links, L{xmppjson.xmltext.StanzaParser}), and the archive keeps messages
     queued long enough to reach the older generations.  With the default thresholds (700, 10, 10) the
     collector ran often and walked the whole heap (every session, roster and cache) at each
     full collection: with the archive on, a chat load's p99 latency was 240-270 ms; with

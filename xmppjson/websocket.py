@@ -26,6 +26,7 @@ from zope.interface import implementer
 from xmppjson import jsonstanza
 from xmppjson.config import Config
 from xmppjson.error import XMPPJSONError, asError
+from xmppjson.im.stanzas import dropParents
 from xmppjson.limits import ConnectionCounter, TokenBucket
 from xmppjson.rest import clientAddress
 from xmppjson.session import Session
@@ -362,6 +363,7 @@ class StreamProtocol(WebSocketServerProtocol):
             return
         if self.config.verbose:
             self.logger.debug("IN {s}: {frame!r}", s=session, frame=payload)
+        dropParents(element)  # what the core takes (IMServer.receive)
         try:
             self.im.receive(session, element)
         except Exception:

@@ -52,7 +52,7 @@ from xmppjson.config import Config
 from xmppjson.error import asError
 from xmppjson.limits import TokenBucket
 from xmppjson.session import Session
-from xmppjson.xmltext import serialize
+from xmppjson.xmltext import StanzaParser, serialize
 
 NS_CLIENT = "jabber:client"
 NS_STREAMS = xmlstream.NS_STREAMS
@@ -954,7 +954,7 @@ class C2SStream(xmlstream.XmlStream):
             old.DocumentStartEvent = ignore
             old.ElementEvent = ignore
             old.DocumentEndEvent = ignore
-        stream = domish.ExpatElementStream()
+        stream = StanzaParser()
         stream.maxElementCount = MAX_ELEMENTS
         stream.DocumentStartEvent = self.onDocumentStart
         stream.ElementEvent = self.onElement

@@ -36,7 +36,7 @@ from xmppjson.im.last import LastActivity
 from xmppjson.im.message import MessageHandler
 from xmppjson.im.presence import PresenceHandler
 from xmppjson.im.roster import RosterManager
-from xmppjson.im.stanzas import dropParents, errorReply
+from xmppjson.im.stanzas import errorReply
 from xmppjson.im.vcard import VCards
 from xmppjson.router import Router
 from xmppjson.session import Session
@@ -250,10 +250,13 @@ class IMServer:
     def receive(self, session: Session, element: domish.Element) -> None:
         """
         A stanza from a session's client.  The sender's address is always the session's.
+
+        @param element: a tree without parent links (L{xmppjson.im.stanzas.dropParents}), so that it is freed by
+            reference counting, not by the cyclic collector: the c2s door's parser makes none
+            (L{xmppjson.xmltext.StanzaParser}), the JSON door drops those its reader made.
         """
         if not session.active:
             return
-        dropParents(element)  # freed by reference counting, not by the collector
         handler = self._handlers.get(element.name)
         if handler is None:
             session.deliver(errorReply(element, "bad-request", text="unknown stanza", sender=self.domain))

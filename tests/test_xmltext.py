@@ -1,0 +1,121 @@
+"""
+Tests for L{xmppjson.xmltext.StanzaParser}: the same trees as domish's parser, without parent
+links.
+"""
+
+from __future__ import annotations
+
+import pyexpat
+from typing import Any
+
+from twisted.trial import unittest
+from twisted.words.xish import domish
+
+from xmppjson.xmltext import StanzaParser
+
+HEADER = (b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
+          b" to='localhost' version='1.0'>")
+
+STANZAS = [
+    b"<message to='bench17@localhost/res' type='chat' id='m1'><body>A chat message.</body>"
+    b"<active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+    # xml:lang and other qualified attributes go after the plain ones, as (uri, name) keys
+    b"<message xml:lang='pl' xmlns:x='urn:x' x:a='1' to='a@b' type='chat'>"
+    b"<body xml:lang='en'>hi &amp; &lt;there&gt; &#x17c;&#380;</body>"
+    b"<x:foo xmlns='urn:y' b='2'><bar/>t<![CDATA[<raw & text>]]>u</x:foo></message>",
+    b"<iq type='set' id='r1'><query xmlns='jabber:iq:roster' ver='v1'>\n  <item jid='a@b'"
+    b" name='\xc5\xbc\xc3\xb3\xc5\x82w'>\n    <group>Przyjaciele</group>\n  </item>\n"
+    b"</query></iq>",
+    b"<presence><show>away</show><status>  spaces  kept  </status><priority>5</priority>"
+    b"<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/>"
+    b"<x xmlns='vcard-temp:x:update'><photo/></x></presence>",
+    b"<presence/>",
+    b"<message to='a@b'><html xmlns='http://jabber.org/protocol/xhtml-im'>"
+    b"<body xmlns='http://www.w3.org/1999/xhtml'><p>one <b>two</b> three</p></body></html>"
+    b"</message>",
+    b"<r xmlns='urn:xmpp:sm:3'/>",
+    b"<a:b xmlns:a='urn:a' xmlns:c='urn:c' c:d='e'><a:f><g xmlns='urn:g'/></a:f></a:b>",
+]
+
+
+def _shape(element: domish.Element) -> dict[str, Any]:
+    """Everything a tree holds but parent links, attribute order included."""
+    return {
+        "uri": element.uri,
+        "name": element.name,
+        "defaultUri": element.defaultUri,
+        "localPrefixes": element.localPrefixes,
+        "attributes": list(element.attributes.items()),
+        "children": [c if isinstance(c, str) else _shape(c) for c in element.children],
+        "keys": sorted(vars(element)),
+    }
+
+
+def _elements(element: domish.Element) -> list[domish.Element]:
+    found = [element]
+    for child in element.elements():
+        found.extend(_elements(child))
+    return found
+
+
+def _parse(stream: Any, chunks: list[bytes]) -> tuple[list[domish.Element], list[int]]:
+    got: list[domish.Element] = []
+    counts: list[int] = []
+    stream.DocumentStartEvent = lambda root: None
+
+    def element(e: domish.Element) -> None:
+        counts.append(stream.elementCount)
+        got.append(e)
+
+    stream.ElementEvent = element
+    stream.DocumentEndEvent = lambda: got.append("end")  # type: ignore[arg-type]
+    for chunk in chunks:
+        stream.parser.Parse(chunk)
+    return got, counts
+
+
+class StanzaParserTests(unittest.TestCase):
+    def test_sameTreesAsDomish(self) -> None:
+        """Stanza by stanza, in one read and a byte per read: domish's trees exactly."""
+        data = HEADER + b"".join(STANZAS) + b"</stream:stream>"
+        for chunks in ([data], [data[i:i + 1] for i in range(len(data))]):
+            ours, ourCounts = _parse(StanzaParser(), chunks)
+            theirs, theirCounts = _parse(domish.ExpatElementStream(), chunks)
+            self.assertEqual(ours[-1], "end")
+            self.assertEqual(len(ours), len(STANZAS) + 1)
+            self.assertEqual([_shape(e) for e in ours[:-1]], [_shape(e) for e in theirs[:-1]])
+            self.assertEqual([e.toXml() for e in ours[:-1]], [e.toXml() for e in theirs[:-1]])
+            self.assertEqual(ourCounts, theirCounts)
+
+    def test_noParentLinks(self) -> None:
+        ours, _ = _parse(StanzaParser(), [HEADER + b"".join(STANZAS)])
+        theirs, _ = _parse(domish.ExpatElementStream(), [HEADER + b"".join(STANZAS)])
+        self.assertEqual([e.parent for s in ours for e in _elements(s)],
+                         [None] * sum(len(_elements(s)) for s in ours))
+        # (domish links them: this is the difference)
+        self.assertTrue(any(e.parent is not None for s in theirs for e in _elements(s)))
+
+    def test_elementCountLimit(self) -> None:
+        """More elements in one stanza than C{maxElementCount}: domish's ParserError."""
+        parser = StanzaParser()
+        parser.maxElementCount = 3
+        _parse(parser, [HEADER + b"<message><a/><b/></message>"])
+        with self.assertRaises(domish.ParserError):
+            parser.parser.Parse(b"<message><a/><b/><c/></message>")
+
+    def test_currentElementDuringTheEvent(self) -> None:
+        """As with domish, the stanza is still C{currElem} while its event runs, then None."""
+        parser = StanzaParser()
+        seen = []
+        parser.DocumentStartEvent = lambda root: None
+        parser.ElementEvent = lambda e: seen.append(parser.currElem is e)
+        parser.parse(HEADER + b"<message><body>x</body></message>")
+        self.assertEqual(seen, [True])
+        self.assertIsNone(parser.currElem)
+
+    def test_notWellFormed(self) -> None:
+        parser = StanzaParser()
+        parser.DocumentStartEvent = lambda root: None
+        parser.ElementEvent = lambda e: None
+        with self.assertRaises(pyexpat.error):
+            parser.parse(HEADER + b"<message></presence>")
