@@ -924,8 +924,8 @@ class DoorTextTests(unittest.TestCase):
         """Record what the archive serialises itself from now on."""
         calls: list[str] = []
 
-        def recording(element: domish.Element) -> str:
-            calls.append(serialize(element))
+        def recording(element: domish.Element, children: list[Any] | None = None) -> str:
+            calls.append(serialize(element, children))
             return calls[-1]
 
         self.patch(archiveModule, "serialize", recording)
@@ -1287,8 +1287,7 @@ class FreedWithoutCollectorTests(unittest.TestCase):
     """
     A routed stanza holds no reference cycle: it is freed when its last reference goes, not at
     the cyclic collector's next pass.  The c2s door's parser links no element to its parent
-    (L{xmppjson.xmltext.StanzaParser}); the JSON door drops the links its reader made
-    (tests.test_websocket).
+    (L{xmppjson.xmltext.StanzaParser}), nor does the JSON door's reader (tests.test_websocket).
     """
 
     def _routedAndDropped(self, message: domish.Element) -> list[Any]:

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.trial import unittest
 from twisted.words.xish import domish
 
-from xmppjson.xmltext import StanzaParser
+from xmppjson.xmltext import StanzaParser, serialize
 
 HEADER = (b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
           b" to='localhost' version='1.0'>")
@@ -119,3 +119,35 @@ class StanzaParserTests(unittest.TestCase):
         parser.ElementEvent = lambda e: None
         with self.assertRaises(pyexpat.error):
             parser.parse(HEADER + b"<message></presence>")
+
+
+class SerializeChildrenTests(unittest.TestCase):
+    """L{serialize} with other children than the element's own (the archive's marks left out)."""
+
+    def _message(self, extra: bytes = b"") -> domish.Element:
+        got: list[domish.Element] = []
+        parser = StanzaParser()
+        parser.DocumentStartEvent = lambda root: None
+        parser.ElementEvent = got.append
+        parser.parse(HEADER + b"<message to='a@b' type='chat'><body>x &amp; y</body>" + extra
+                     + b"<stanza-id xmlns='urn:xmpp:sid:0' by='a@b' id='1'/></message>")
+        return got[0]
+
+    def test_childrenInsteadOfTheElements(self) -> None:
+        message = self._message()
+        kept = message.children[:-1]
+        self.assertEqual(serialize(message, kept),
+                         "<message to='a@b' type='chat'><body>x &amp; y</body></message>")
+        # the element itself is left as it was
+        self.assertEqual(len(message.children), 2)
+        self.assertIn("stanza-id", serialize(message))
+
+    def test_prefixesTakeDomishWithTheChildren(self) -> None:
+        """A child with a namespace prefix goes through domish's serialiser, children and all."""
+        message = self._message(b"<p:x xmlns:p='urn:p'/>")
+        kept = message.children[:-1]
+        text = serialize(message, kept)
+        self.assertNotIn("stanza-id", text)
+        self.assertIn("urn:p", text)
+        again, _ = _parse(StanzaParser(), [HEADER + text.encode("utf-8")])
+        self.assertEqual([c.name for c in again[0].elements()], ["body", "x"])

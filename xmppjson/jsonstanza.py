@@ -143,10 +143,10 @@ def _add(parent: domish.Element, uri: str, name: str, text: str = "") -> domish.
     """
     Append a new child element (with optional text) to C{parent}.  Direct list operations: the
     same result as C{addElement}, without its zope interface check per child, which is most of
-    its cost and this runs for every element of every frame.
+    its cost and this runs for every element of every frame; and without the link back to the
+    parent, as for every stanza the core receives (L{xmppjson.xmltext.StanzaParser}).
     """
     child = domish.Element((uri, name), uri)
-    child.parent = parent
     if text:
         child.children.append(text)
     parent.children.append(child)
@@ -480,13 +480,15 @@ class _OneElementReader:
     declarations and processing instructions.  Elements without a namespace are in
     C{jabber:client}, as they would be written inside a stanza on an XMPP stream.  The elements
     are built the way Twisted's own stream parser builds them (same C{uri}, C{defaultUri},
-    C{localPrefixes}), so the c2s door serialises them like any stanza it parsed itself.
+    C{localPrefixes}), so the c2s door serialises them like any stanza it parsed itself, but
+    without links to their parents (as L{xmppjson.xmltext.StanzaParser} makes them).
     """
 
     def __init__(self, budget: list[int]):
         self.budget = budget
         self.root: domish.Element | None = None
         self.current: domish.Element | None = None
+        self.open: list[domish.Element] = []  # the ancestors of current: no parent links
         self.depth = 0
         self.defaultNs = [NS_CLIENT]
         self.prefixes: dict[str, str] = {}
@@ -575,14 +577,14 @@ class _OneElementReader:
         if self.current is None:
             self.root = element
         else:
-            element.parent = self.current
             self.current.children.append(element)
+            self.open.append(self.current)
         self.current = element
 
     def _end(self, name: str) -> None:
         self.depth -= 1
         assert self.current is not None
-        self.current = self.current.parent
+        self.current = self.open.pop() if self.open else None
 
     def _text(self, data: str) -> None:
         if self.current is not None:
@@ -662,14 +664,12 @@ def _inLang(r: _Reading, value: Any, key: str) -> None:
 def _inXml(r: _Reading, value: Any, key: str) -> None:
     element = r.element
     for child in _xmlElements(value, "payload.xml", r.budget):
-        child.parent = element
         element.children.append(child)
         r.payloads += 1
 
 
 def _inError(r: _Reading, value: Any, key: str) -> None:
     error = _errorElement(_object(value, "payload.error"), r.budget)
-    error.parent = r.element
     r.element.children.append(error)
     r.error = True
 
@@ -707,7 +707,6 @@ def _errorElement(value: dict, budget: list[int]) -> domish.Element:
             _add(error, NS_STANZAS, "text", text)
     if "xml" in value:
         for child in _xmlElements(value["xml"], "payload.error.xml", budget):
-            child.parent = error
             error.children.append(child)
     return error
 
@@ -948,7 +947,6 @@ def _finishIq(r: _Reading) -> None:
         if r.type != "set":
             raise FrameError("payload.history: only in an iq of type set")
         query = _historyQuery(r.history, element.attributes["id"])
-        query.parent = element
         element.children.append(query)
     roster = r.roster
     if roster:
@@ -964,7 +962,6 @@ def _finishIq(r: _Reading) -> None:
         if r.type == "get" and items:
             raise FrameError("payload.item: a roster get carries no item")
         for item in items:
-            item.parent = query
             query.children.append(item)
         r.payloads += 1
     if r.type in ("get", "set"):

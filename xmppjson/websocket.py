@@ -26,7 +26,6 @@ from zope.interface import implementer
 from xmppjson import jsonstanza
 from xmppjson.config import Config
 from xmppjson.error import XMPPJSONError, asError
-from xmppjson.im.stanzas import dropParents
 from xmppjson.limits import ConnectionCounter, TokenBucket
 from xmppjson.rest import clientAddress
 from xmppjson.session import Session
@@ -363,7 +362,6 @@ class StreamProtocol(WebSocketServerProtocol):
             return
         if self.config.verbose:
             self.logger.debug("IN {s}: {frame!r}", s=session, frame=payload)
-        dropParents(element)  # what the core takes (IMServer.receive)
         try:
             self.im.receive(session, element)
         except Exception:

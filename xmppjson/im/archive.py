@@ -526,9 +526,9 @@ class Archive:
         The XML is the text the c2s door wrote when it delivered the message, when that text
         is still the message's (L{doorText}).  It still holds the server's marks
         (L{isServerMark}), which L{archivedMessage} drops on reading.  Otherwise (another door,
-        offline storage, a message changed since) it is the serialisation of a copy of the
-        message without those marks, by L{xmppjson.xmltext} (L{serialize}: C{jabber:client}
-        implied, as L{parseStanza} reads it back).
+        offline storage, a message changed since) it is the serialisation of the message
+        without those marks, by L{xmppjson.xmltext} (L{serialize}: C{jabber:client} implied,
+        as L{parseStanza} reads it back).
         """
         if not archivable(message.children):
             return None
@@ -549,13 +549,12 @@ class Archive:
                             sid = attributes.get("id")
         if not sid:
             return None
-        copy = domish.Element((message.uri, "message"), message.uri)
-        copy.attributes = message.attributes
-        copy.children = [
+        if not marks:
+            return sid, serialize(message)
+        return sid, serialize(message, [
             child for child in message.children
             if type(child) is str or not isServerMark(child.name, child.uri, child.attributes, domain)
-        ] if marks else message.children
-        return sid, serialize(copy)
+        ])
 
     def _messages(self, batch: list[Any]) -> list[ArchiveMessage]:
         """

@@ -178,7 +178,7 @@ class MessageHandler:
                     return
                 del children[index]
         # Built in one step: this runs for every message routed.
-        # (No parent link: it would make the message a reference cycle, see dropParents.)
+        # (No parent link: it would make the message a reference cycle, see IMServer.receive.)
         sid = domish.Element((NS_SID, "stanza-id"), NS_SID, {"by": by, "id": newStanzaId()})
         children.append(sid)
 

@@ -251,9 +251,10 @@ class IMServer:
         """
         A stanza from a session's client.  The sender's address is always the session's.
 
-        @param element: a tree without parent links (L{xmppjson.im.stanzas.dropParents}), so that it is freed by
-            reference counting, not by the cyclic collector: the c2s door's parser makes none
-            (L{xmppjson.xmltext.StanzaParser}), the JSON door drops those its reader made.
+        @param element: a tree without links from children to parents (each is a reference
+            cycle), so that it is freed by reference counting, not by the cyclic collector:
+            the c2s door's parser makes none (L{xmppjson.xmltext.StanzaParser}), nor does the
+            JSON door's reader.
         """
         if not session.active:
             return

@@ -143,25 +143,6 @@ def dropServerMarks(element: domish.Element, domain: str) -> None:
             del children[index]
 
 
-def dropParents(element: domish.Element) -> None:
-    """
-    Clear the C{parent} of every element below C{element}.
-
-    A parser sets each child's C{parent} to walk back up the tree; afterwards nothing here
-    reads it, but every child/parent pair is a reference cycle, so a stanza could only be
-    freed by the cyclic garbage collector: with tens of thousands of stanzas a second it ran
-    several times a second, walking every stanza not yet collected.  Without the back
-    references a stanza is freed as soon as the last reference to it goes.
-    """
-    stack = [element]
-    while stack:
-        for child in stack.pop().children:
-            if type(child) is not str:
-                child.parent = None
-                if child.children:
-                    stack.append(child)
-
-
 def makeElement(name: str, **attrs: Optional[str]) -> domish.Element:
     element = domish.Element((NS_CLIENT, name))
     for key, value in attrs.items():
