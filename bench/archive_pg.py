@@ -76,8 +76,7 @@ async def run(args: argparse.Namespace, reactor) -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from tests import pgtest
 
-    with open(args.pidfile) as f:
-        postmaster = int(f.readline())
+    postmaster = args.postmaster
     rng = random.Random(7)
     pairs = [(2 * i, 2 * i + 1) for i in range(args.pairs)]
     names = [c for c in args.only.split(",") if c] or list(CANDIDATES)
@@ -153,6 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.url:
         raise SystemExit("--url or XMPPJSON_TEST_PG is needed")
+    with open(args.pidfile) as f:
+        args.postmaster = int(f.readline())
     sys.path.insert(0, args.code or os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from twisted.internet import defer, task
 

@@ -17,22 +17,22 @@ HEADER = (b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jab
           b" to='localhost' version='1.0'>")
 
 STANZAS = [
-    b"<message to='bench17@localhost/res' type='chat' id='m1'><body>A chat message.</body>"
-    b"<active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+    (b"<message to='bench17@localhost/res' type='chat' id='m1'><body>A chat message.</body>"
+     b"<active xmlns='http://jabber.org/protocol/chatstates'/></message>"),
     # xml:lang and other qualified attributes go after the plain ones, as (uri, name) keys
-    b"<message xml:lang='pl' xmlns:x='urn:x' x:a='1' to='a@b' type='chat'>"
-    b"<body xml:lang='en'>hi &amp; &lt;there&gt; &#x17c;&#380;</body>"
-    b"<x:foo xmlns='urn:y' b='2'><bar/>t<![CDATA[<raw & text>]]>u</x:foo></message>",
-    b"<iq type='set' id='r1'><query xmlns='jabber:iq:roster' ver='v1'>\n  <item jid='a@b'"
-    b" name='\xc5\xbc\xc3\xb3\xc5\x82w'>\n    <group>Przyjaciele</group>\n  </item>\n"
-    b"</query></iq>",
-    b"<presence><show>away</show><status>  spaces  kept  </status><priority>5</priority>"
-    b"<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/>"
-    b"<x xmlns='vcard-temp:x:update'><photo/></x></presence>",
+    (b"<message xml:lang='pl' xmlns:x='urn:x' x:a='1' to='a@b' type='chat'>"
+     b"<body xml:lang='en'>hi &amp; &lt;there&gt; &#x17c;&#380;</body>"
+     b"<x:foo xmlns='urn:y' b='2'><bar/>t<![CDATA[<raw & text>]]>u</x:foo></message>"),
+    (b"<iq type='set' id='r1'><query xmlns='jabber:iq:roster' ver='v1'>\n  <item jid='a@b'"
+     b" name='\xc5\xbc\xc3\xb3\xc5\x82w'>\n    <group>Przyjaciele</group>\n  </item>\n"
+     b"</query></iq>"),
+    (b"<presence><show>away</show><status>  spaces  kept  </status><priority>5</priority>"
+     b"<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/>"
+     b"<x xmlns='vcard-temp:x:update'><photo/></x></presence>"),
     b"<presence/>",
-    b"<message to='a@b'><html xmlns='http://jabber.org/protocol/xhtml-im'>"
-    b"<body xmlns='http://www.w3.org/1999/xhtml'><p>one <b>two</b> three</p></body></html>"
-    b"</message>",
+    (b"<message to='a@b'><html xmlns='http://jabber.org/protocol/xhtml-im'>"
+     b"<body xmlns='http://www.w3.org/1999/xhtml'><p>one <b>two</b> three</p></body></html>"
+     b"</message>"),
     b"<r xmlns='urn:xmpp:sm:3'/>",
     b"<a:b xmlns:a='urn:a' xmlns:c='urn:c' c:d='e'><a:f><g xmlns='urn:g'/></a:f></a:b>",
 ]

@@ -80,7 +80,7 @@ class _SuffixPool:
     a pool with its parent.
     """
 
-    __slots__ = ("_text", "_pos")
+    __slots__ = ("_pos", "_text")
 
     COUNT = 512
 
