@@ -1188,6 +1188,25 @@ class SQLiteFileTests(StoreTestsMixin, unittest.TestCase):
         self.assertEqual(rows, [("wal",)])
         self.assertEqual(await self.store._fetch("PRAGMA foreign_keys"), [(1,)])
 
+    async def test_pageSize(self) -> None:
+        """
+        A new database has pages of 16 KiB; one made before keeps its own, and both checkpoint
+        after about 40 MB of WAL.
+        """
+        self.assertEqual(await self.store._fetch("PRAGMA page_size"), [(16384,)])
+        self.assertEqual(await self.store._fetch("PRAGMA wal_autocheckpoint"), [(2500,)])
+        await self.store.close()
+        self.emptyDatabase()
+        old = sqlite3.connect(os.path.join(self.directory, "xmppjson.sqlite3"))
+        old.execute("PRAGMA page_size=4096")
+        old.execute("CREATE TABLE made_before (x)")
+        old.commit()
+        old.close()
+        self.store = self.makeStore()
+        await self.store.start()
+        self.assertEqual(await self.store._fetch("PRAGMA page_size"), [(4096,)])
+        self.assertEqual(await self.store._fetch("PRAGMA wal_autocheckpoint"), [(10000,)])
+
     async def test_relativePath(self) -> None:
         """C{sqlite:NAME} is relative to the working directory."""
         here = os.getcwd()
