@@ -1245,6 +1245,27 @@ class SQLiteMemoryTests(StoreTestsMixin, unittest.TestCase):
         self.assertTrue(await self.store.userExists("alice"))
 
 
+class DollarQuotedTests(unittest.TestCase):
+    """L{xmppjson.storage.pgsql._dollarQuoted}: the quotes' tag never occurs in a value."""
+
+    def test_tagNotInAnyValue(self) -> None:
+        from xmppjson.storage import pgsql
+
+        tags = iter(["aaaa", "bbbb", "cccc"])
+        self.patch(pgsql.secrets, "token_hex", lambda n: next(tags))
+        quoted = pgsql._dollarQuoted(["one $xaaaa$ two", "x$xbbbb$"])
+        self.assertEqual(quoted.getquoted(),
+                         b"ARRAY[$xcccc$one $xaaaa$ two$xcccc$,$xcccc$x$xbbbb$$xcccc$]")
+
+    def test_nulAndNullLeftToPsycopg(self) -> None:
+        from xmppjson.storage import pgsql
+
+        values = ["a", "b\x00c"]
+        self.assertIs(pgsql._dollarQuoted(values), values)
+        withNull = ["a", None]
+        self.assertIs(pgsql._dollarQuoted(withNull), withNull)
+
+
 class MigrationRenderingTests(unittest.TestCase):
     """A migration's statements as each backend runs them."""
 
@@ -1459,6 +1480,27 @@ class PostgreSQLTests(StoreTestsMixin, unittest.TestCase):
             "SELECT pg_column_compression(data), pg_column_size(data) < length(data)"
             " FROM archive_buckets", ())
         self.assertEqual(rows, [("lz4", True)])
+        page = await self.store.queryArchive("bob", ArchiveQuery())
+        self.assertEqual([(e.id, e.xml) for e in page.entries], [(sid, xml) for sid in sids])
+
+    async def test_bigRecordsInDollarQuotes(self) -> None:
+        """
+        A batch whose records add up to more than 64 KiB goes in dollar quotes, and every
+        character comes back as it was: quotes, backslashes, dollars (a tag's own shape too),
+        the records' separator, any Unicode.
+        """
+        from xmppjson.storage import pgsql
+
+        for user in ("alice", "bob"):
+            await self.store.createUser(user, CREDS)
+        tricky = "'\\'' \\x00 $$ $x$ $x0$ $tag$ ż 🦊 %s %(x)s E'\\n' \n\t"
+        xml = f"<message><body>{tricky * 700}</body></message>"
+        self.assertGreater(len(xml) * 3, pgsql._DOLLAR_QUOTED_FROM)
+        sids = [newStanzaId() for _ in range(3)]
+        await self.store.archiveMessages([
+            ArchiveMessage(sid, micros(T0) + i, "bob", "alice", "alice@localhost", "pc",
+                           "bob@localhost", "", xml)
+            for i, sid in enumerate(sids)])
         page = await self.store.queryArchive("bob", ArchiveQuery())
         self.assertEqual([(e.id, e.xml) for e in page.entries], [(sid, xml) for sid in sids])
 
