@@ -1073,9 +1073,16 @@ class DoorTextTests(unittest.TestCase):
             door = archive._doorEntry(message, "juliet@localhost",
                                       (message.children[-1]["id"], text), sender)
             entry = archive._entry(fx.im.reactor.seconds(), "juliet@localhost", message)
+            # The batch writer's way with the sender's session (the JSON door's messages)
+            # makes the same entry as with the addresses read from the message.
+            withSession = archive._entry(fx.im.reactor.seconds(), "juliet@localhost", message,
+                                         sender)
             if entry is None:
                 self.assertIsNone(door, inner)
+                self.assertIsNone(withSession, inner)
                 continue
+            self.assertEqual(type(withSession), ArchiveMessage)
+            self.assertEqual(withSession._replace(stamp=0), entry._replace(stamp=0), inner)
             assert isinstance(door, ArchiveMessage), inner
             self.assertEqual(type(door), ArchiveMessage)
             self.assertEqual(door._replace(stamp=0), entry._replace(stamp=0), inner)

@@ -1110,7 +1110,7 @@ def _flatObject(value: Any) -> bool:
 
 def _fastMessage(payload: dict) -> domish.Element | None:
     """What the general reader makes of a message payload, or C{None} (see above)."""
-    element = domish.Element((NS_CLIENT, "message"))
+    element = domish.Element((NS_CLIENT, "message"), NS_CLIENT)
     attributes = element.attributes
     for key, value in payload.items():
         if key == "body":
@@ -1136,7 +1136,7 @@ def _fastMessage(payload: dict) -> domish.Element | None:
 
 def _fastPresence(payload: dict) -> domish.Element | None:
     """What the general reader makes of a presence payload, or C{None} (see above)."""
-    element = domish.Element((NS_CLIENT, "presence"))
+    element = domish.Element((NS_CLIENT, "presence"), NS_CLIENT)
     attributes = element.attributes
     for key, value in payload.items():
         if key == "show":

@@ -399,8 +399,8 @@ class Archive:
         self.enabled = server.config.archive
         self.days = server.config.archiveDays
         # What the c2s door delivered: the ArchiveMessage, made when it was routed (see
-        # observe).  Anything else: (routed at, recipient bare JID, message), nothing copied,
-        # parsed or serialised yet; the batch writer does that.
+        # observe).  Anything else: (routed at, recipient bare JID, message, sender's session
+        # or None), nothing copied, parsed or serialised yet; the batch writer does that.
         self._queue: list[Any] = []
         self._timer: Any = None
         self._lock = defer.DeferredLock()
@@ -452,7 +452,7 @@ class Archive:
                     break
             else:
                 return
-            entry = (self.clock.seconds(), bare, message)
+            entry = (self.clock.seconds(), bare, message, sender)
         queue = self._queue
         if len(queue) >= self.maxQueue:
             self._drop(1, "the write queue is full")
@@ -537,24 +537,20 @@ class Archive:
             return door
         domain = self.domain
         sid = None
-        marks = 0
-        for child in message.children:
+        children = message.children
+        kept = []
+        for child in children:
             if type(child) is not str:
                 name = child.name
-                if name == "stanza-id" or name == "delay":
-                    attributes = child.attributes
-                    if isServerMark(name, child.uri, attributes, domain):
-                        marks += 1
-                        if name == "stanza-id" and attributes.get("by") == bare:
-                            sid = attributes.get("id")
+                if (name == "stanza-id" or name == "delay") and isServerMark(
+                        name, child.uri, child.attributes, domain):
+                    if name == "stanza-id" and child.attributes.get("by") == bare:
+                        sid = child.attributes.get("id")
+                    continue
+            kept.append(child)
         if not sid:
             return None
-        if not marks:
-            return sid, serialize(message)
-        return sid, serialize(message, [
-            child for child in message.children
-            if type(child) is str or not isServerMark(child.name, child.uri, child.attributes, domain)
-        ])
+        return sid, serialize(message, kept)
 
     def _messages(self, batch: list[Any]) -> list[ArchiveMessage]:
         """
@@ -572,12 +568,13 @@ class Archive:
                     messages.append(archived)
         return messages
 
-    def _entry(self, routedAt: float, bare: str,
-               message: domish.Element) -> ArchiveMessage | None:
+    def _entry(self, routedAt: float, bare: str, message: domish.Element,
+               session: Session | None = None) -> ArchiveMessage | None:
         """
         What the store writes for one routed message: serialised once (L{_archived}),
         archived for the recipient and, when the sender is another local user, for the
-        sender; C{None} when it is not archived.
+        sender; C{None} when it is not archived.  The sender's addresses are C{session}'s
+        when it sent the message (its C{from} is the session's), as in L{_doorEntry}.
         """
         archived = self._archived(message, bare)
         if archived is None:
@@ -586,8 +583,13 @@ class Archive:
         when = round(routedAt * 1_000_000)
         owner = bare.partition("@")[0]
         attributes = message.attributes
-        sender = tryJID(attributes.get("from"))
         resource = addressedResource(attributes.get("to"), bare)
+        if session is not None and attributes.get("from") == session.full:
+            senderBare = session.bare
+            return _newTuple(ArchiveMessage, (
+                sid, when, owner, session.localpart if senderBare != bare else None,
+                senderBare, session.resource, bare, resource, xml))
+        sender = tryJID(attributes.get("from"))
         domain = self.domain
         if sender is None:
             # Not from a JID (the core always sets one): the recipient's copy only.
