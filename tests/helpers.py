@@ -242,3 +242,14 @@ async def runJSONScript(
     except (ValueError, IndexError):
         testCase.fail(f"client printed no JSON (exit {code}):\n{out!r}\n{err.decode()[-3000:]}")
     return result, err.decode("utf-8", "replace")[-3000:]
+
+
+def parentLinks(element: Any) -> list[Any]:
+    """The C{parent} of every element below C{element} (what a door must leave C{None})."""
+    found = []
+    stack = [element]
+    while stack:
+        for child in stack.pop().elements():
+            found.append(child.parent)
+            stack.append(child)
+    return found

@@ -24,6 +24,7 @@ from twisted.trial import unittest
 from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
 from twisted.words.xish import domish
 
+from tests.helpers import parentLinks
 from xmppjson.accounts import Accounts
 from xmppjson.c2s import sasl, tls
 from xmppjson.c2s.sm import StreamManagement
@@ -1160,11 +1161,7 @@ class SessionTests(unittest.TestCase):
         parents: list[Any] = []
 
         def spy(session: Any, element: domish.Element) -> None:
-            stack = [element]
-            while stack:
-                for child in stack.pop().elements():
-                    parents.append(child.parent)
-                    stack.append(child)
+            parents.extend(parentLinks(element))
             original(session, element)
 
         fx.im.receive = spy  # type: ignore[method-assign]

@@ -14,6 +14,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from tests.helpers import parentLinks
 from tests.wshelpers import WebFixture
 
 
@@ -467,11 +468,7 @@ class DirectFramePathTests(unittest.TestCase):
         receive = web.im.receive
 
         def spy(session, element):
-            stack = [element]
-            while stack:
-                for child in stack.pop().elements():
-                    parents.append(child.parent)
-                    stack.append(child)
+            parents.extend(parentLinks(element))
             receive(session, element)
 
         web.im.receive = spy

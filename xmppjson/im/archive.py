@@ -251,6 +251,20 @@ def doorText(message: domish.Element, bare: str) -> tuple[str, str] | None:
     return sid, text
 
 
+def sessionEntry(sid: str, stamp: int, bare: str, resource: str, sender: Session,
+                 xml: str) -> ArchiveMessage:
+    """
+    The L{ArchiveMessage} of a message C{sender} (a local session) sent to C{bare}'s
+    C{resource}: in the recipient's archive, and in the sender's unless it is the same user.
+    """
+    senderBare = sender.bare
+    # Made as a tuple is: this runs for every chat message, and the named tuple's own
+    # constructor costs several times more.
+    return _newTuple(ArchiveMessage, (
+        sid, stamp, bare.partition("@")[0], sender.localpart if senderBare != bare else None,
+        senderBare, sender.resource, bare, resource, xml))
+
+
 def addressedResource(to: str | None, bare: str) -> str:
     """The resource a message's C{to} names: C{""} for C{bare} itself or an unreadable one."""
     if to == bare:
@@ -482,14 +496,8 @@ class Archive:
         attributes = message.attributes
         if sender is None or attributes.get("from") != sender.full:
             return _NOT_DOOR_TEXT
-        resource = addressedResource(attributes.get("to"), bare)
-        senderBare = sender.bare
-        # Made as a tuple is: this runs for every chat message the XMPP door delivers, and
-        # the named tuple's own constructor costs several times more.
-        return _newTuple(ArchiveMessage, (
-            sid, round(self.clock.seconds() * 1_000_000), bare.partition("@")[0],
-            sender.localpart if senderBare != bare else None, senderBare, sender.resource,
-            bare, resource, text))
+        return sessionEntry(sid, round(self.clock.seconds() * 1_000_000), bare,
+                            addressedResource(attributes.get("to"), bare), sender, text)
 
     def _schedule(self, delay: float) -> None:
         if self._closed:
@@ -585,10 +593,7 @@ class Archive:
         attributes = message.attributes
         resource = addressedResource(attributes.get("to"), bare)
         if session is not None and attributes.get("from") == session.full:
-            senderBare = session.bare
-            return _newTuple(ArchiveMessage, (
-                sid, when, owner, session.localpart if senderBare != bare else None,
-                senderBare, session.resource, bare, resource, xml))
+            return sessionEntry(sid, when, bare, resource, session, xml)
         sender = tryJID(attributes.get("from"))
         domain = self.domain
         if sender is None:
