@@ -1483,6 +1483,29 @@ class PostgreSQLTests(StoreTestsMixin, unittest.TestCase):
         page = await self.store.queryArchive("bob", ArchiveQuery())
         self.assertEqual([(e.id, e.xml) for e in page.entries], [(sid, xml) for sid in sids])
 
+    async def test_clientEncodingIsUTF8(self) -> None:
+        """
+        Whatever the URL asks, the store's text travels as UTF-8, so that the records sent in
+        dollar quotes (already UTF-8) come back as they were.
+        """
+        from psycopg2.extensions import make_dsn, parse_dsn
+
+        from xmppjson.storage.pgsql import PostgreSQLStore
+
+        store = PostgreSQLStore(make_dsn(**{**parse_dsn(self.dsn), "client_encoding": "LATIN1"}),
+                                reactor)
+        self.addCleanup(store.close)
+        await store.start()
+        self.assertEqual(await store._runFetch("SHOW client_encoding", ()), [("UTF8",)])
+        for user in ("alice", "bob"):
+            await store.createUser(user, CREDS)
+        xml = "<message><body>" + "zażółć 🦊 " * 10000 + "</body></message>"
+        await store.archiveMessages([ArchiveMessage(
+            newStanzaId(), micros(T0), "bob", "alice", "alice@localhost", "", "bob@localhost",
+            "", xml)])
+        page = await store.queryArchive("bob", ArchiveQuery())
+        self.assertEqual([e.xml for e in page.entries], [xml])
+
     async def test_bigRecordsInDollarQuotes(self) -> None:
         """
         A batch whose records add up to more than 64 KiB goes in dollar quotes, and every

@@ -243,7 +243,14 @@ class PostgreSQLStore(SQLStore):
         """
         super().__init__(reactor=reactor, clock=clock, retryDelay=retryDelay)
         # parse now, so that a malformed URL is a configuration error at once
-        self._parameters = {**_DEFAULT_PARAMETERS, **psycopg2.extensions.parse_dsn(url)}
+        self._parameters = {
+            **_DEFAULT_PARAMETERS,
+            **psycopg2.extensions.parse_dsn(url),
+            # Text travels as UTF-8 whatever the database's encoding or the URL say (the server
+            # converts): the archive's records go as SQL text already encoded so
+            # (L{_dollarQuoted}), where psycopg2 would encode them for the connection.
+            "client_encoding": "UTF8",
+        }
         self._pool: _Pool | None = None
 
     def __repr__(self) -> str:
