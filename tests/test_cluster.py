@@ -639,6 +639,34 @@ class UnitTests(unittest.TestCase):
         self.assertFalse(server.im.router.replicated)
         self.assertEqual([child.name for child in server], ["store", "im"])
 
+    def test_connectionClosedUnderAQueryIsNoBug(self) -> None:
+        """
+        A flush or inbound fetch that fails because its connection closed (txpostgres fails
+        it with Twisted's ConnectionDone, as when a node crashes) resets a live node and logs
+        no error; any other failure is logged.
+        """
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        from xmppjson.cluster import LIVE
+
+        node = self.node()
+        node.state = LIVE
+        lost: list[str] = []
+        node._connectionLost = lost.append  # type: ignore[method-assign]
+        node._flushing = True
+        node._flushFailed(Failure(ConnectionDone()))
+        node._hold(self._failing(ConnectionDone()))
+        self.assertEqual(len(lost), 2)
+        self.assertFalse(node._flushing)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        node._hold(self._failing(ValueError("a bug")))
+        self.assertEqual(len(lost), 2)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    async def _failing(self, error: Exception) -> None:
+        raise error
+
     def test_packing(self) -> None:
         """
         Records are packed per channel under the NOTIFY limit, in order; a statement closes the

@@ -55,17 +55,18 @@ import psycopg2
 import psycopg2.extensions
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.error import ConnectionClosed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
-from xmppjson.xmltext import StanzaParser, serialize
 from xmppjson.config import Config
 from xmppjson.im.stanzas import NS_CLIENT, errorReply, hasBody, parseJID
 from xmppjson.router import Router
 from xmppjson.session import Session
 from xmppjson.storage.pgsql import _DEFAULT_PARAMETERS, _Connection
+from xmppjson.xmltext import StanzaParser, serialize
 
 #: The largest NOTIFY payload we send, in bytes: PostgreSQL's limit is 8000, and the JSON array
 #: around the records needs a little room.
@@ -884,13 +885,21 @@ class ClusterNode:
 
     def _flushFailed(self, failure: Failure) -> None:
         self._flushing = False
-        if failure.check(psycopg2.OperationalError, psycopg2.InterfaceError, ConnectionError):
-            # The connection is gone: _connectionLost resets the node, whose sessions are
-            # closed and whose unacknowledged messages are routed again.
+        self._failed(failure, "a cluster flush failed")
+        self._flushed(None)
+
+    def _failed(self, failure: Failure, what: str) -> None:
+        """
+        A query of this node failed: its connection is gone (psycopg2's errors for that, or
+        Twisted's when txpostgres fails a query in flight as the connection closes, a crash
+        included), and _connectionLost resets the node, whose sessions are closed and whose
+        unacknowledged messages are routed again; or it is a bug, logged.
+        """
+        if failure.check(psycopg2.OperationalError, psycopg2.InterfaceError, ConnectionError,
+                         ConnectionClosed):
             self._connectionLost(failure.getErrorMessage())
         else:
-            self.log.failure("Node {node}: a cluster flush failed", failure, node=self.name)
-        self._flushed(None)
+            self.log.failure("Node {node}: {what}", failure, node=self.name, what=what)
 
     def _wakeIdle(self) -> None:
         if not self._outbox and not self._flushing:
@@ -939,7 +948,7 @@ class ClusterNode:
         """Pause the inbox until C{work} (a coroutine) is done: what follows may depend on it."""
         self._holds += 1
         d = defer.Deferred.fromCoroutine(work)
-        d.addErrback(lambda f: self.log.failure("Node {node}: inbound work failed", f, node=self.name))
+        d.addErrback(self._failed, "inbound work failed")
         d.addBoth(self._release)
 
     def _release(self, _: object) -> None:
