@@ -445,10 +445,10 @@ class Archive:
         """
         A message was routed to C{bare} (delivered, or stored offline): queue it for both
         parties' archives.  This runs on the route of every message, so it only drops what is
-        plainly not archived (other types, messages without a body or subject, such as chat
-        states) and keeps a reference: the core never changes a message once it is routed (a
-        redelivery keeps its stanza-id; an offline delay stamp is left out of the copy), and
-        everything else (namespaces, hints, the stanza-id, the copy) is the batch writer's.
+        not archived for its content (other types, no body or subject, a no-store hint:
+        L{archivable}) and keeps a reference: the core never changes a message once it is
+        routed (a redelivery keeps its stanza-id; an offline delay stamp is left out of the
+        copy), and everything else (the stanza-id, the text) is the batch writer's.
         A message the c2s door wrote is the exception: its L{ArchiveMessage} is made now
         (L{_doorEntry}: nothing to serialise or copy), so the queue does not keep the message
         alive.
@@ -461,10 +461,7 @@ class Archive:
         if entry is None:
             return
         if entry is _NOT_DOOR_TEXT:
-            for child in message.children:
-                if type(child) is not str and (child.name == "body" or child.name == "subject"):
-                    break
-            else:
+            if not archivable(message.children):
                 return
             entry = (self.clock.seconds(), bare, message, sender)
         queue = self._queue
