@@ -253,3 +253,15 @@ def parentLinks(element: Any) -> list[Any]:
             found.append(child.parent)
             stack.append(child)
     return found
+
+
+def child(element: Any, name: str) -> Any:
+    """
+    The first child element of C{element} named C{name}, or C{None}: what domish's
+    C{element.name} lookup finds, which the server's own elements do not have
+    (L{xmppjson.xmltext.Element}).
+    """
+    for node in element.elements():
+        if node.name == name:
+            return node
+    return None

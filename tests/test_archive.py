@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 from twisted.words.xish import domish
 
-from tests.helpers import RestClient
+from tests.helpers import RestClient, child
 from tests.imhelpers import CoreFixture, RecordingSession, parse, settle, until
 from tests.test_c2s import C2SFixture, Wire, waitUntil
 from xmppjson import jsonstanza
@@ -1011,7 +1011,7 @@ class DoorTextTests(unittest.TestCase):
         for entry in (web, away):
             self.assertNotIn("stanza-id", entry.xml)
             self.assertNotIn("delay", entry.xml)
-        self.assertEqual(str(szymon.take("message")[0].body), "web")
+        self.assertEqual(str(child(szymon.take("message")[0], "body")), "web")
 
     async def test_messageChangedSinceWritten(self) -> None:
         """

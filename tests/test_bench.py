@@ -250,6 +250,22 @@ class InprocTests(unittest.TestCase):
         self.assertFalse(any(carbons.enabledFor(s) for s in c2s.sessions))
 
 
+class InstructionsTests(unittest.TestCase):
+    """bench/instructions.py's measured run (here without valgrind) goes through the door."""
+
+    def test_childRuns(self) -> None:
+        import subprocess
+
+        instructions = _load("instructions")
+        root = os.path.dirname(BENCH)
+        for door, carbonsOn in instructions.DOORS.values():
+            done = subprocess.run(instructions.child(root, door, carbonsOn, "on", 30), cwd=root,
+                                  capture_output=True, text=True, timeout=120)
+            self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+            # the warm-up's messages and the measured ones, each archived once
+            self.assertEqual(done.stdout.split()[-2:], ["archived", "2030"])
+
+
 class ArchiveDroppedTests(unittest.TestCase):
     def test_countsFromOffset(self) -> None:
         """The archive's shutdown line is read from where this run's part of the log starts."""

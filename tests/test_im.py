@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from xmppjson.im.stanzas import NS_DELAY, NS_ROSTER, NS_SID, firstChild
 from xmppjson.router import Router
 from xmppjson.storage import RosterItem
+from xmppjson.xmltext import Element
 from tests.imhelpers import CoreFixture, parse, settle, until
 
 
@@ -50,6 +51,8 @@ class MessageRoutingTests(unittest.TestCase):
         sid = firstChild(got, "stanza-id", NS_SID)
         self.assertEqual(sid["by"], "alicja@localhost")
         self.assertTrue(sid["id"])
+        # The core's own element kind, whose attribute reads are the fast ones (xmltext.Element)
+        self.assertIs(type(sid), Element)
 
     @_d
     async def test_bareJIDHighestPriority(self):

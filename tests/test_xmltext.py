@@ -1,6 +1,7 @@
 """
-Tests for L{xmppjson.xmltext.StanzaParser}: the same trees as domish's parser, without parent
-links.
+Tests for L{xmppjson.xmltext}: L{StanzaParser} makes the same trees as domish's parser, without
+parent links, of L{Element}s, which behave as domish's elements do but for the child lookup by
+attribute name.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ import pyexpat
 from typing import Any
 
 from twisted.trial import unittest
-from twisted.words.xish import domish
+from twisted.words.protocols.jabber import error as jerror
+from twisted.words.xish import domish, xpath
 
-from xmppjson.xmltext import StanzaParser, serialize
+from xmppjson import jsonstanza
+from xmppjson.xmltext import Element, StanzaParser, isElement, serialize
 
 HEADER = (b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
           b" to='localhost' version='1.0'>")
@@ -151,3 +154,80 @@ class SerializeChildrenTests(unittest.TestCase):
         self.assertIn("urn:p", text)
         again, _ = _parse(StanzaParser(), [HEADER + text.encode("utf-8")])
         self.assertEqual([c.name for c in again[0].elements()], ["body", "x"])
+
+
+def _allElements(stanzas: list[domish.Element]) -> list[Any]:
+    return [e for s in stanzas for e in _elements(s)]
+
+
+class ElementTests(unittest.TestCase):
+    """
+    L{Element}: what the doors' readers make, domish's element less its child lookup by
+    attribute name.
+    """
+
+    def _both(self, data: bytes) -> tuple[list[domish.Element], list[domish.Element]]:
+        ours, _ = _parse(StanzaParser(), [HEADER + data])
+        theirs, _ = _parse(domish.ExpatElementStream(), [HEADER + data])
+        return ours, theirs
+
+    def test_readersMakeThem(self) -> None:
+        """The c2s door's parser and the JSON door's reader (both paths) make L{Element}s."""
+        ours, theirs = self._both(b"".join(STANZAS))
+        self.assertEqual({type(e) for e in _allElements(ours)}, {Element})
+        self.assertEqual({type(e) for e in _allElements(theirs)}, {domish.Element})
+        fast = jsonstanza.parseFrame('{"type":"message","payload":{"to":"a@b","body":"x",'
+                                     '"active":{}}}')
+        general = jsonstanza.parseFrame('{"type":"message","payload":{"to":"a@b","body":"x",'
+                                        '"xml":["<x xmlns=\'urn:x\'><y/></x>"]}}')
+        for element in (fast, general):
+            self.assertEqual({type(e) for e in _elements(element)}, {Element})
+
+    def test_noChildLookupByAttribute(self) -> None:
+        """The one difference: C{message.body} is domish's child lookup, and not ours."""
+        (ours,), (theirs,) = self._both(STANZAS[0])
+        self.assertEqual(str(theirs.body), "A chat message.")
+        self.assertRaises(AttributeError, getattr, ours, "body")
+        self.assertFalse(hasattr(Element, "__getattr__"))
+
+    def test_everyMethodOfDomish(self) -> None:
+        """Every method and class attribute of domish's Element but the child lookup."""
+        theirs = {name for name in vars(domish.Element)
+                  if name not in ("__getattr__", "__dict__", "__weakref__", "__module__",
+                                  "__doc__", "_idCounter")}
+        self.assertEqual(theirs - set(dir(Element)), set())
+        self.assertTrue(isElement(Element(("urn:x", "x"))))
+        self.assertTrue(isElement(domish.Element(("urn:x", "x"))))
+        self.assertFalse(isElement("text"))
+        self.assertTrue(domish.IElement.providedBy(Element(("urn:x", "x"))))
+
+    def test_behavesAsDomish(self) -> None:
+        """
+        domish's methods, its serialiser, XPath and Twisted's error parsing give the same on
+        ours as on its own.
+        """
+        stanzas = STANZAS + [b"<message type='error' from='a@b'><error type='cancel'>"
+                             b"<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                             b"</error></message>"]
+        ours, theirs = self._both(b"".join(stanzas))
+        queries = ["/message/body", "/presence[@type]", "/iq/query[@xmlns='jabber:iq:roster']",
+                   "/message/error", "/*/html/body"]
+        for mine, domishs in zip(ours, theirs):
+            self.assertEqual(mine.toXml(), domishs.toXml())
+            self.assertEqual(str(mine), str(domishs))
+            self.assertEqual([e.name for e in mine.elements()], [e.name for e in domishs.elements()])
+            first = mine.firstChildElement()
+            self.assertEqual(first and first.name, (domishs.firstChildElement() or None)
+                             and domishs.firstChildElement().name)
+            for key in ("to", "type", "id", "missing"):
+                self.assertEqual(mine.getAttribute(key), domishs.getAttribute(key))
+                self.assertEqual(mine.hasAttribute(key), domishs.hasAttribute(key))
+            for query in queries:
+                self.assertEqual(xpath.matches(query, mine), xpath.matches(query, domishs), query)
+            for element in (mine, domishs):
+                element.addElement("added", "urn:added", "t & u")
+                element.addContent("tail")
+                element["new"] = "v"
+            self.assertEqual(mine.toXml(), domishs.toXml())
+        failure = jerror.exceptionFromStanza(ours[-1])
+        self.assertEqual((failure.condition, failure.type), ("item-not-found", "cancel"))

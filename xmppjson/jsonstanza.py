@@ -51,6 +51,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from xmppjson.error import BadRequest
+from xmppjson.xmltext import Element
 
 __all__ = [
     "DIALECT_VERSION",
@@ -146,7 +147,7 @@ def _add(parent: domish.Element, uri: str, name: str, text: str = "") -> domish.
     its cost and this runs for every element of every frame; and without the link back to the
     parent, as for every stanza the core receives (L{xmppjson.xmltext.StanzaParser}).
     """
-    child = domish.Element((uri, name), uri)
+    child = Element((uri, name), uri)
     if text:
         child.children.append(text)
     parent.children.append(child)
@@ -572,7 +573,7 @@ class _OneElementReader:
                 attributes[(attrUri, attrName)] = value
             else:
                 attributes[key] = value
-        element = domish.Element((uri, local), default, attributes, self.prefixes)
+        element = Element((uri, local), default, attributes, self.prefixes)
         self.prefixes = {}
         if self.current is None:
             self.root = element
@@ -626,7 +627,7 @@ class _Reading:
     __slots__ = ("budget", "element", "error", "history", "payloads", "roster", "type")
 
     def __init__(self, name: str):
-        self.element = domish.Element((NS_CLIENT, name))
+        self.element = Element((NS_CLIENT, name))
         self.type: str | None = None
         self.error = False
         self.payloads = 0  # iq payload children (roster query, ping, xml elements)
@@ -691,7 +692,7 @@ def _errorElement(value: dict, budget: list[int]) -> domish.Element:
         raise FrameError(
             "payload.error.type: must be one of auth, cancel, continue, modify, wait"
         )
-    error = domish.Element((NS_CLIENT, "error"), NS_CLIENT, {"type": errorType})
+    error = Element((NS_CLIENT, "error"), NS_CLIENT, {"type": errorType})
     if "by" in value:
         error.attributes["by"] = _jid(value["by"], "payload.error.by")
     conditionElement = _add(error, NS_STANZAS, condition)
@@ -816,7 +817,7 @@ def _rosterItem(value: Any, path: str) -> domish.Element:
             raise _unknownKey(key, path, _ITEM_KEYS)
     if "jid" not in value:
         raise FrameError(f"{path}.jid: missing")
-    item = domish.Element((NS_ROSTER, "item"))
+    item = Element((NS_ROSTER, "item"))
     item.attributes["jid"] = _jid(value["jid"], f"{path}.jid")
     name = value.get("name")
     if name is not None:  # null is how our output shows "no name"
@@ -912,7 +913,7 @@ def _inHistory(r: _Reading, value: Any, key: str) -> None:
 
 def _historyQuery(history: dict[str, Any], queryid: str) -> domish.Element:
     """The C{<query xmlns='urn:xmpp:mam:2'/>} of a history object (see L{_inHistory})."""
-    query = domish.Element((NS_MAM, "query"))
+    query = Element((NS_MAM, "query"))
     query.attributes["queryid"] = queryid
     fields = [(var, history[name]) for name, var in _HISTORY_FIELDS.items() if name in history]
     if fields:
@@ -1110,7 +1111,7 @@ def _flatObject(value: Any) -> bool:
 
 def _fastMessage(payload: dict) -> domish.Element | None:
     """What the general reader makes of a message payload, or C{None} (see above)."""
-    element = domish.Element((NS_CLIENT, "message"), NS_CLIENT)
+    element = Element((NS_CLIENT, "message"), NS_CLIENT)
     attributes = element.attributes
     for key, value in payload.items():
         if key == "body":
@@ -1136,7 +1137,7 @@ def _fastMessage(payload: dict) -> domish.Element | None:
 
 def _fastPresence(payload: dict) -> domish.Element | None:
     """What the general reader makes of a presence payload, or C{None} (see above)."""
-    element = domish.Element((NS_CLIENT, "presence"), NS_CLIENT)
+    element = Element((NS_CLIENT, "presence"), NS_CLIENT)
     attributes = element.attributes
     for key, value in payload.items():
         if key == "show":

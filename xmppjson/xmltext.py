@@ -8,14 +8,70 @@ from __future__ import annotations
 
 import pyexpat
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 NS_CLIENT = "jabber:client"
 NS_STREAMS = xmlstream.NS_STREAMS
 NS_XML = "http://www.w3.org/XML/1998/namespace"
+
+
+if TYPE_CHECKING:
+    # To a type checker it is domish's Element, whose interface it has.
+    Element = domish.Element
+else:
+
+    @implementer(domish.IElement)
+    class Element:
+        """
+        An XML element as the server makes them: domish's L{domish.Element}, its methods and
+        attributes, but not its child lookup by attribute name (C{message.body}).
+
+        Every element a door's reader makes is one of these (L{StanzaParser}, the JSON
+        door's reader), as are the stanza-ids the core adds.  The reason is speed: a class
+        with a C{__getattr__} (domish's child lookup) has every attribute read (C{name},
+        C{uri}, C{children}, C{attributes}) go through the generic lookup, which Python
+        3.11 cannot specialise; without it, the server runs ~10 % fewer instructions per
+        chat message (docs/performance.md, item 20).  The server's code never looks a child
+        up by attribute name (L{xmppjson.im.stanzas.firstChild} does).
+
+        It is not a subclass (a subclass would inherit the C{__getattr__}): test for an
+        element with L{isElement}, not C{isinstance(x, domish.Element)}.  domish itself
+        tests with L{domish.IElement}, which this class provides.
+        """
+
+        __init__ = domish.Element.__init__
+        __getitem__ = domish.Element.__getitem__
+        __setitem__ = domish.Element.__setitem__
+        __delitem__ = domish.Element.__delitem__
+        __str__ = domish.Element.__str__
+        __bytes__ = domish.Element.__bytes__
+        __unicode__ = domish.Element.__unicode__
+        _dqa = domish.Element._dqa
+        getAttribute = domish.Element.getAttribute
+        hasAttribute = domish.Element.hasAttribute
+        compareAttribute = domish.Element.compareAttribute
+        swapAttributeValues = domish.Element.swapAttributeValues
+        addChild = domish.Element.addChild
+        addContent = domish.Element.addContent
+        addElement = domish.Element.addElement
+        addRawXml = domish.Element.addRawXml
+        addUniqueId = domish.Element.addUniqueId
+        elements = domish.Element.elements
+        firstChildElement = domish.Element.firstChildElement
+        toXml = domish.Element.toXml
+
+
+#: What an element is: domish's, or the server's own (L{Element}).
+ELEMENT_TYPES = (domish.Element, Element)
+
+
+def isElement(node: object) -> bool:
+    """Whether C{node} (a child, a handler's answer) is an element, domish's or L{Element}."""
+    return isinstance(node, ELEMENT_TYPES)
 
 
 class _NotSimple(Exception):
@@ -102,7 +158,7 @@ def serialize(element: domish.Element, children: list[Any] | None = None) -> str
         _serializeInto(element, NS_CLIENT, out, children)
     except _NotSimple:
         if children is not None:
-            copy = domish.Element((element.uri, element.name), element.defaultUri,
+            copy = Element((element.uri, element.name), element.defaultUri,
                                   element.attributes, element.localPrefixes)
             copy.children = children
             element = copy
@@ -112,15 +168,15 @@ def serialize(element: domish.Element, children: list[Any] | None = None) -> str
     return "".join(out)
 
 
-_newElement = domish.Element.__new__
+_newElement = object.__new__
 
 
 class StanzaParser:
     """
-    An XML stream's elements as L{domish.Element}s, with the interface of
-    L{domish.ExpatElementStream} (C{parser}, the three events, C{currElem}, C{elementCount},
-    C{maxElementCount}) and the same trees, except that no element links to its parent: the
-    parser keeps its own stack instead.
+    An XML stream's elements, with the interface of L{domish.ExpatElementStream} (C{parser},
+    the three events, C{currElem}, C{elementCount}, C{maxElementCount}) and the same trees,
+    except that they are made of L{Element}s and no element links to its parent: the parser
+    keeps its own stack instead.
 
     Every child/parent link is a reference cycle, which only the cyclic collector can free:
     without them a stanza goes as soon as its last reference does, and nothing has to walk
@@ -177,7 +233,7 @@ class StanzaParser:
         # at a time: Python then keeps them in the instance's inline values, which the core's
         # every attribute read is specialised for; assigning a dict to __dict__ instead made
         # each read of those elements ~50 ns slower (docs/performance.md item 19).
-        element = _newElement(domish.Element)
+        element = _newElement(Element)
         element.localPrefixes = prefixes
         element.uri = uri
         element.name = local

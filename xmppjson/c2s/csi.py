@@ -27,6 +27,8 @@ from collections.abc import Hashable
 
 from twisted.words.xish import domish
 
+from xmppjson.xmltext import isElement
+
 NS_CSI = "urn:xmpp:csi:0"
 NS_CLIENT = "jabber:client"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
@@ -62,7 +64,7 @@ def _classifyMessage(message: domish.Element) -> str | None:
         return None
     chatstate = False
     for child in message.children:
-        if type(child) is str or not isinstance(child, domish.Element):
+        if type(child) is str or not isElement(child):
             continue
         uri = child.uri
         if uri == NS_CHATSTATES:

@@ -52,7 +52,7 @@ from xmppjson.config import Config
 from xmppjson.error import asError
 from xmppjson.limits import TokenBucket
 from xmppjson.session import Session
-from xmppjson.xmltext import StanzaParser, serialize
+from xmppjson.xmltext import StanzaParser, isElement, serialize
 
 NS_CLIENT = "jabber:client"
 NS_STREAMS = xmlstream.NS_STREAMS
@@ -123,14 +123,14 @@ def _depth(element: domish.Element) -> int:
         node, level = stack.pop()
         deepest = max(deepest, level)
         for child in node.children:
-            if type(child) is not str and isinstance(child, domish.Element):
+            if type(child) is not str and isElement(child):
                 stack.append((child, level + 1))
     return deepest
 
 
 def _iqChild(iq: domish.Element) -> domish.Element | None:
     for child in iq.children:
-        if isinstance(child, domish.Element):
+        if isElement(child):
             return child
     return None
 
@@ -1364,7 +1364,7 @@ class C2SStream(xmlstream.XmlStream):
         """Write an element or string, unless the connection is gone or closed."""
         if self.lost or self.transport is None:
             return
-        if isinstance(obj, domish.Element):
+        if isElement(obj):
             # Elements in the stream namespace (features, errors) fall back to domish, which
             # writes them with the header's "stream" prefix.
             obj = serialize(obj)

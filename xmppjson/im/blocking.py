@@ -44,6 +44,7 @@ from xmppjson.im.stanzas import (
     tryJID,
 )
 from xmppjson.storage import SessionState
+from xmppjson.xmltext import isElement
 
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
@@ -75,7 +76,7 @@ def blockedError(stanza: domish.Element, sender: str) -> domish.Element:
     reply = errorReply(stanza, "not-acceptable", "cancel",
                        "you are blocking this address; unblock it first", sender=sender)
     for child in reply.children:
-        if isinstance(child, domish.Element) and child.name == "error":
+        if isElement(child) and child.name == "error":
             child.addElement((NS_BLOCKING_ERRORS, "blocked"))
     return reply
 

@@ -29,6 +29,7 @@ from twisted.words.xish import domish
 
 from xmppjson.error import BadRequest
 from xmppjson.im.stanzas import NS_CLIENT, hasBody, iqResult, retarget
+from xmppjson.xmltext import isElement
 
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
@@ -45,7 +46,7 @@ def eligible(message: domish.Element) -> bool:
     if mtype != "chat" and not (mtype == "normal" and hasBody(message)):
         return False
     for child in message.children:
-        if isinstance(child, domish.Element) and (
+        if isElement(child) and (
             (child.uri == NS_CARBONS and child.name in ("private", "received", "sent"))
             or (child.uri == NS_HINTS and child.name == "no-copy")
         ):
@@ -56,7 +57,7 @@ def eligible(message: domish.Element) -> bool:
 def isCarbon(message: domish.Element) -> bool:
     """Whether a message is a carbon copy made here (it must never be routed again)."""
     for child in message.children:
-        if isinstance(child, domish.Element) and child.uri == NS_CARBONS and child.name in (
+        if isElement(child) and child.uri == NS_CARBONS and child.name in (
             "received", "sent"
         ):
             return True

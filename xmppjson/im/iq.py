@@ -27,6 +27,7 @@ from xmppjson.im.stanzas import (
     iqResult,
     tryJID,
 )
+from xmppjson.xmltext import isElement
 
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
@@ -98,7 +99,7 @@ class IQHandler:
             if bare == session.bare:
                 self._answer(session, iq, self.accountHandlers)
             elif itype in ("get", "set"):
-                payload = [c for c in iq.children if isinstance(c, domish.Element)]
+                payload = [c for c in iq.children if isElement(c)]
                 if len(payload) == 1 and (payload[0].uri or "") in self.userHandlers:
                     self.server.spawn(session, iq, self._answerOnBehalf(session, iq, target))
                 else:
@@ -138,7 +139,7 @@ class IQHandler:
     def _answer(self, session: "Session", iq: domish.Element, handlers: dict[str, Handler]) -> None:
         if iq.getAttribute("type") in ("result", "error"):
             return  # answers to our pushes and pings
-        payload = [c for c in iq.children if isinstance(c, domish.Element)]
+        payload = [c for c in iq.children if isElement(c)]
         if len(payload) != 1:
             raise BadRequest("an iq get or set carries exactly one payload element")
         child = payload[0]
@@ -146,7 +147,7 @@ class IQHandler:
         if handler is None:
             raise ServiceUnavailable(f"no service here answers {child.uri}")
         reply = handler(session, iq, child)
-        if isinstance(reply, domish.Element):
+        if isElement(reply):
             session.deliver(reply)
         else:
             self.server.spawn(session, iq, _send(session, reply))

@@ -28,6 +28,7 @@ from xmppjson.im.stanzas import (
     parseStanza,
     tryJID,
 )
+from xmppjson.xmltext import Element
 
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
@@ -179,7 +180,7 @@ class MessageHandler:
                 del children[index]
         # Built in one step: this runs for every message routed.
         # (No parent link: it would make the message a reference cycle, see IMServer.receive.)
-        sid = domish.Element((NS_SID, "stanza-id"), NS_SID, {"by": by, "id": newStanzaId()})
+        sid = Element((NS_SID, "stanza-id"), NS_SID, {"by": by, "id": newStanzaId()})
         children.append(sid)
 
     async def _offline(self, message: domish.Element, bare: str, mtype: str, sender: "Session | None",

@@ -19,6 +19,7 @@ from xmppjson.error import BadRequest
 from xmppjson.im import roster as R
 from xmppjson.im.stanzas import childText, errorReply, makeElement, now, parseJID, retarget, tryJID
 from xmppjson.storage import RosterItem
+from xmppjson.xmltext import isElement
 
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
@@ -305,7 +306,7 @@ class PresenceHandler:
             if original.getAttribute("id"):
                 stanza["id"] = original["id"]
             for child in original.children:
-                if isinstance(child, domish.Element) and child.name == "status":
+                if isElement(child) and child.name == "status":
                     stanza.addChild(child)
         return stanza
 

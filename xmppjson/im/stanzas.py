@@ -15,6 +15,8 @@ from twisted.words.protocols.jabber import error as jerror
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
 
+from xmppjson.xmltext import isElement
+
 NS_CLIENT = "jabber:client"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_DELAY = "urn:xmpp:delay"
@@ -168,7 +170,7 @@ def retarget(stanza: domish.Element, to: Optional[str]) -> domish.Element:
 
 def firstChild(stanza: domish.Element, name: str, uri: Optional[str] = None):
     for child in stanza.children:
-        if isinstance(child, domish.Element) and child.name == name and (
+        if isElement(child) and child.name == name and (
             uri is None or child.uri == uri
         ):
             return child
@@ -185,7 +187,7 @@ def childText(stanza: domish.Element, name: str) -> Optional[str]:
 def hasBody(stanza: domish.Element) -> bool:
     """Whether a message carries content worth storing offline (a body or a subject)."""
     for child in stanza.children:
-        if isinstance(child, domish.Element) and child.name in ("body", "subject") and (
+        if isElement(child) and child.name in ("body", "subject") and (
             child.uri in (NS_CLIENT, None)
         ):
             return True
@@ -216,7 +218,7 @@ def errorReply(
         reply["id"] = stanza["id"]
     reply["type"] = "error"
     for child in stanza.children:
-        if isinstance(child, domish.Element) and child.name != "error":
+        if isElement(child) and child.name != "error":
             reply.addChild(child)
     error = jerror.StanzaError(condition, errorType, text).getElement()
     # Twisted builds <error/> without a namespace; it belongs to the stanza's (jabber:client).

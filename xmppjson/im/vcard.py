@@ -32,6 +32,7 @@ from twisted.words.xish import domish
 from xmppjson.error import BadRequest, Forbidden, NotFound, ServiceUnavailable
 from xmppjson.im.stanzas import iqResult, tryJID
 from xmppjson.storage import PROFILE_FIELDS, SessionState
+from xmppjson.xmltext import isElement
 
 if TYPE_CHECKING:
     from xmppjson.im.server import IMServer
@@ -326,7 +327,7 @@ class VCards:
         digest = self._hashes[localpart]
         presence.children = [
             c for c in presence.children
-            if not (isinstance(c, domish.Element) and c.name == "x" and c.uri == NS_VCARD_UPDATE)
+            if not (isElement(c) and c.name == "x" and c.uri == NS_VCARD_UPDATE)
         ]
         update = presence.addElement((NS_VCARD_UPDATE, "x"))
         if digest is not None:
