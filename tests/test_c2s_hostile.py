@@ -159,6 +159,24 @@ class NamedAttackTests(unittest.TestCase):
         self.assertEqual(wire.streamError(), "not-well-formed")
         arena.assertAlive(self)
 
+    async def test_nothingAfterTheStreamError(self) -> None:
+        """
+        Stanzas that arrive in the same read as the one that ended the stream are ignored:
+        nothing is written after C{</stream:stream>} (here an ack for an C{<r/>}, found by
+        the fuzz test below) and nothing is routed.
+        """
+        arena = await Arena.open(self)
+        wire = await arena.fx.login("alice", "attacker")
+        wire.send("<enable xmlns='urn:xmpp:sm:3'/>")
+        wire.take()
+        wire.send("<r xmlns='rn:xmpp:sm:3'/><r xmlns='urn:xmpp:sm:3'/>"
+                  + chat("bob@localhost/b", "after the error"))
+        # (streamError() parses what was written: anything after the footer fails it)
+        self.assertEqual(wire.streamError(), "unsupported-stanza-type")
+        self.assertTrue(wire.closed)
+        self.assertEqual(bodies(arena.bob.take()), [])
+        arena.assertAlive(self)
+
     async def test_entityReferenceWithoutDTD(self) -> None:
         arena = await Arena.open(self)
         wire = await arena.fx.login("alice", "attacker")

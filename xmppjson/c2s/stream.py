@@ -1084,6 +1084,10 @@ class C2SStream(xmlstream.XmlStream):
     def _onStanza(self, element: domish.Element) -> None:
         """A top-level element of a bound stream: the hot path, straight to the core."""
         self._boundary = self._parser.CurrentByteIndex
+        if self.closing:
+            # The rest of a read whose earlier stanza ended the stream: ignored, as any input
+            # after our </stream:stream> (nothing routed, nothing written after it).
+            return
         self._stanzas += 1
         try:
             if self.stream.elementCount > 32 and _depth(element) > MAX_DEPTH:
