@@ -60,8 +60,6 @@ NS_RSM = "http://jabber.org/protocol/rsm"
 NS_DATA = "jabber:x:data"
 NS_HINTS = "urn:xmpp:hints"
 
-# What Archive._doorEntry answers for a message it leaves to Archive._entry.
-_NOT_DOOR_TEXT = object()
 _newTuple = tuple.__new__
 
 #: Messages on one page when the query does not say.
@@ -412,10 +410,8 @@ class Archive:
         self.clock = server.reactor
         self.enabled = server.config.archive
         self.days = server.config.archiveDays
-        # What the c2s door delivered: the ArchiveMessage, made when it was routed (see
-        # observe).  Anything else: (routed at, recipient bare JID, message, sender's session
-        # or None), nothing copied, parsed or serialised yet; the batch writer does that.
-        self._queue: list[Any] = []
+        # What the store writes (ArchiveMessage), made as each message was routed (observe).
+        self._queue: list[ArchiveMessage] = []
         self._timer: Any = None
         self._lock = defer.DeferredLock()
         # One warning per episode of trouble, and one line when it is over.
@@ -443,27 +439,20 @@ class Archive:
     def observe(self, message: domish.Element, bare: str, delivered: Sequence[Session],
                 sender: Session | None) -> None:
         """
-        A message was routed to C{bare} (delivered, or stored offline): queue it for both
-        parties' archives.  This runs on the route of every message, so it only drops what is
-        not archived for its content (other types, no body or subject, a no-store hint:
-        L{archivable}) and keeps a reference: the core never changes a message once it is
-        routed (a redelivery keeps its stanza-id; an offline delay stamp is left out of the
-        copy), and everything else (the stanza-id, the text) is the batch writer's.
-        A message the c2s door wrote is the exception: its L{ArchiveMessage} is made now
-        (L{_doorEntry}: nothing to serialise or copy), so the queue does not keep the message
-        alive.
+        A message was routed to C{bare} (delivered, or stored offline): queue what the store
+        writes of it for both parties' archives (L{_entry}), made now.  For a message the
+        c2s door wrote, that is its text (nothing to serialise).  Any other is serialised now,
+        while it is still in the processor's caches, rather than by the batch writer: a queue
+        of messages kept alive until the writer runs made every collection of the young
+        generation walk them all, and the writer's loop over thousands of them stalled the
+        reactor (docs/performance.md, item 21).
         """
         mtype = message.attributes.get("type", "normal")
         if mtype != "chat" and mtype != "normal":
             return
-        door = doorText(message, bare)
-        entry = _NOT_DOOR_TEXT if door is None else self._doorEntry(message, bare, door, sender)
+        entry = self._entry(self.clock.seconds(), bare, message, sender)
         if entry is None:
             return
-        if entry is _NOT_DOOR_TEXT:
-            if not archivable(message.children):
-                return
-            entry = (self.clock.seconds(), bare, message, sender)
         queue = self._queue
         if len(queue) >= self.maxQueue:
             self._drop(1, "the write queue is full")
@@ -476,25 +465,6 @@ class Archive:
             self._schedule(0)
         elif self._timer is None:
             self._schedule(self.interval)
-
-    def _doorEntry(self, message: domish.Element, bare: str, door: tuple[str, str],
-                   sender: Session | None) -> ArchiveMessage | object | None:
-        """
-        What the store writes for a message the c2s door wrote (C{door}: L{doorText}), made
-        as it is routed: the same as L{_entry} makes, with what the core already knows (the
-        sender's session, the clock), because every chat message delivered on the XMPP door
-        comes this way (a few µs: docs/performance.md, item 16).  C{None} when the message is
-        not archived; L{_NOT_DOOR_TEXT} when the sender is not its session (L{_entry} decides
-        then).
-        """
-        if not archivable(message.children):
-            return None
-        sid, text = door
-        attributes = message.attributes
-        if sender is None or attributes.get("from") != sender.full:
-            return _NOT_DOOR_TEXT
-        return sessionEntry(sid, round(self.clock.seconds() * 1_000_000), bare,
-                            addressedResource(attributes.get("to"), bare), sender, text)
 
     def _schedule(self, delay: float) -> None:
         if self._closed:
@@ -524,7 +494,7 @@ class Archive:
 
     def _archived(self, message: domish.Element, bare: str) -> tuple[str, str] | None:
         """
-        Whether a queued message is archived, and how: its archive id (the stanza-id by
+        Whether a routed message is archived, and how: its archive id (the stanza-id by
         C{bare}) and the XML to store; C{None} when it is not archived (no body or subject in
         C{jabber:client}, a XEP-0334 no-store hint, no stanza-id).
 
@@ -557,40 +527,25 @@ class Archive:
             return None
         return sid, serialize(message, kept)
 
-    def _messages(self, batch: list[Any]) -> list[ArchiveMessage]:
-        """
-        What the store writes for queued messages (those L{observe} did not turn into an
-        L{ArchiveMessage} at once).
-        """
-        messages: list[ArchiveMessage] = []
-        entry = self._entry
-        for item in batch:
-            if type(item) is ArchiveMessage:
-                messages.append(item)
-            else:
-                archived = entry(*item)
-                if archived is not None:
-                    messages.append(archived)
-        return messages
-
     def _entry(self, routedAt: float, bare: str, message: domish.Element,
                session: Session | None = None) -> ArchiveMessage | None:
         """
         What the store writes for one routed message: serialised once (L{_archived}),
         archived for the recipient and, when the sender is another local user, for the
         sender; C{None} when it is not archived.  The sender's addresses are C{session}'s
-        when it sent the message (its C{from} is the session's), as in L{_doorEntry}.
+        when it sent the message (its C{from} is the session's: every message a local
+        session sends), else read from C{from}.
         """
         archived = self._archived(message, bare)
         if archived is None:
             return None
         sid, xml = archived
         when = round(routedAt * 1_000_000)
-        owner = bare.partition("@")[0]
         attributes = message.attributes
         resource = addressedResource(attributes.get("to"), bare)
         if session is not None and attributes.get("from") == session.full:
             return sessionEntry(sid, when, bare, resource, session, xml)
+        owner = bare.partition("@")[0]
         sender = tryJID(attributes.get("from"))
         domain = self.domain
         if sender is None:
@@ -616,7 +571,7 @@ class Archive:
                 batch = self._queue[: self.maxBatch]
                 del self._queue[: self.maxBatch]
                 try:
-                    written = await self.store.archiveMessages(self._messages(batch))
+                    written = await self.store.archiveMessages(batch)
                 except StoreUnavailable:
                     # Keep them for a later attempt, oldest first, within the bound; live
                     # chat goes on meanwhile (no back-pressure while the database is away).
