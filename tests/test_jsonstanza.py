@@ -29,7 +29,7 @@ from twisted.words.xish import domish
 
 from tests.helpers import child
 from xmppjson import error as xerror
-from xmppjson import jsonstanza
+from xmppjson import jsonstanza, xmltext
 from xmppjson.im.stanzas import retarget
 from xmppjson.jsonstanza import (
     FrameError,
@@ -1898,6 +1898,51 @@ class FastPathTests(SynchronousTestCase):
         self.assertEqual(readOutcome(text), expected)
 
     @PROPERTY
+    @given(_fastFrames)
+    def test_childrenXmlIsTheSerialisation(self, frame: dict) -> None:
+        """
+        The children's XML the fast message reader keeps is what the archive's serialiser
+        writes for them: the message with it is the message serialised.
+        """
+        if frame["type"] != "message":
+            return
+        element = jsonstanza._fastMessage(frame["payload"])
+        if element is None:
+            return
+        element["from"] = "szymon@localhost/web"
+        kept = list(element.children)
+        made = jsonstanza.childrenXml(element, kept)
+        self.assertIsNotNone(made)
+        self.assertEqual(xmltext.serialize(element, kept, made), xmltext.serialize(element, kept))
+
+    def test_childrenXmlEscapes(self) -> None:
+        element = jsonstanza.parseFrame(json.dumps(message(
+            to="a@localhost", body="1 < 2 & 3 > 2 'q' \"d\" a\r\nb 😀", gone={})))
+        kept = list(element.children)
+        self.assertEqual(jsonstanza.childrenXml(element, kept),
+                         "<body>1 &lt; 2 &amp; 3 &gt; 2 'q' \"d\" a\r\nb 😀</body>"
+                         f"<gone xmlns='{NS_CHATSTATES}'/>")
+
+    def test_childrenXmlOnlyOfTheChildrenRead(self) -> None:
+        """Once the children are not those the reader read, the text is not theirs: None."""
+        def read() -> domish.Element:
+            return jsonstanza.parseFrame(json.dumps(message(to="a@localhost", body="x",
+                                                            active={})))
+        element = read()
+        body, active = element.children
+        self.assertIsNotNone(jsonstanza.childrenXml(element, [body, active]))
+        self.assertIsNone(jsonstanza.childrenXml(element, [body]))
+        self.assertIsNone(jsonstanza.childrenXml(element, [active, body]))
+        self.assertIsNone(jsonstanza.childrenXml(element, [body, active, "text"]))
+        self.assertIsNone(jsonstanza.childrenXml(element, [body, read().children[1]]))
+        # the general reader keeps none
+        general = jsonstanza.parseFrame(json.dumps(message(body="x", xml=["<a xmlns='urn:a'/>"])))
+        self.assertIsNone(jsonstanza.childrenXml(general, list(general.children)))
+        # domish's child lookup would answer a child named like the attribute: not read
+        odd = domish.Element((None, "message"))
+        odd.addElement("_childrenXml")
+        self.assertIsNone(jsonstanza.childrenXml(odd, list(odd.children)))
+
     @given(st.one_of(_jsonValues.map(json.dumps), st.text(max_size=40)))
     def test_decodingAsGeneral(self, text: str) -> None:
         with generalPathsOnly():

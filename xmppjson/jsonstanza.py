@@ -51,7 +51,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from xmppjson.error import BadRequest
-from xmppjson.xmltext import Element
+from xmppjson.xmltext import Element, escapeText
 
 __all__ = [
     "DIALECT_VERSION",
@@ -1060,6 +1060,8 @@ _FAST_MESSAGE_TYPES = MESSAGE_TYPES - {"error"}  # an error message needs the er
 _FAST_PRESENCE_TYPES = PRESENCE_TYPES - {"error"}
 _CHAT_STATE_KEYS = frozenset(CHAT_STATES)
 _UNLIMITED = sys.maxsize  # a body is bounded by the frame size only
+# A chat state as xmltext.serialize writes it in a message.
+_STATE_XML = {state: f"<{state} xmlns='{NS_CHATSTATES}'/>" for state in CHAT_STATES}
 
 
 def _fastText(value: Any, limit: int) -> bool:
@@ -1110,15 +1112,24 @@ def _flatObject(value: Any) -> bool:
 
 
 def _fastMessage(payload: dict) -> domish.Element | None:
-    """What the general reader makes of a message payload, or C{None} (see above)."""
+    """
+    What the general reader makes of a message payload, or C{None} (see above).
+
+    The message also keeps its children as XML text, with the children themselves, as
+    C{_childrenXml}: the archive stores a message as XML, and these few strings made here cost
+    much less than serialising the children later (L{childrenXml}; docs/performance.md, item
+    22).
+    """
     element = Element((NS_CLIENT, "message"), NS_CLIENT)
     attributes = element.attributes
+    xml = ""
     for key, value in payload.items():
         if key == "body":
             if not _fastText(value, _UNLIMITED):
                 return None
             if value:
                 _add(element, NS_CLIENT, "body", value)
+                xml += "<body>" + escapeText(value) + "</body>"
         elif key == "type":
             if type(value) is not str or value not in _FAST_MESSAGE_TYPES:
                 return None
@@ -1127,12 +1138,32 @@ def _fastMessage(payload: dict) -> domish.Element | None:
             if not _flatObject(value):
                 return None
             _add(element, NS_CHATSTATES, key)
+            xml += _STATE_XML[key]
         elif key == "name":
             if type(value) is dict or type(value) is list:
                 return None
         elif not _fastCommon(attributes, key, value):
             return None
+    element._childrenXml = (tuple(element.children), xml)  # type: ignore[attr-defined]
     return element
+
+
+def childrenXml(message: domish.Element, children: list[Any]) -> str | None:
+    """
+    The XML text of C{children} (the message's children the archive keeps) as the JSON door's
+    reader wrote it when it read the message, if they are still exactly the children it read
+    (the same objects, none added or taken away; the core only appends its marks, which the
+    archive leaves out); else C{None}.  What L{xmppjson.xmltext.serialize} would write for
+    them.
+    """
+    # The instance's own dict: domish's elements would answer a child named "_childrenXml".
+    made = message.__dict__.get("_childrenXml")
+    if made is None or len(made[0]) != len(children):
+        return None
+    for read, kept in zip(made[0], children):
+        if read is not kept:
+            return None
+    return made[1]
 
 
 def _fastPresence(payload: dict) -> domish.Element | None:

@@ -81,7 +81,8 @@ class _NotSimple(Exception):
 _SerializedXML = domish.SerializedXML
 
 
-def _escapeText(text: str) -> str:
+def escapeText(text: str) -> str:
+    """C{text} as character data, as L{serialize} writes it."""
     if "&" in text:
         text = text.replace("&", "&amp;")
     if "<" in text:
@@ -92,11 +93,11 @@ def _escapeText(text: str) -> str:
 
 
 def _escapeAttribute(value: str) -> str:
-    return _escapeText(value).replace("'", "&apos;").replace('"', "&quot;")
+    return escapeText(value).replace("'", "&apos;").replace('"', "&quot;")
 
 
 def _serializeInto(element: domish.Element, parentNamespace: str, out: list[str],
-                   children: list[Any] | None = None) -> None:
+                   children: list[Any] | None = None, childrenText: str | None = None) -> None:
     if element.localPrefixes:
         raise _NotSimple()
     namespace = element.defaultUri
@@ -121,6 +122,9 @@ def _serializeInto(element: domish.Element, parentNamespace: str, out: list[str]
             tag += f" xml:{key[1]}='{value}'"
         else:
             raise _NotSimple()
+    if childrenText is not None:
+        out.append(f"{tag}>{childrenText}</{name}>" if childrenText else tag + "/>")
+        return
     if children is None:
         children = element.children
     if not children:
@@ -131,18 +135,19 @@ def _serializeInto(element: domish.Element, parentNamespace: str, out: list[str]
         kind = child.__class__
         if kind is str:
             if "&" in child or "<" in child or ">" in child:
-                child = _escapeText(child)
+                child = escapeText(child)
             out.append(child)
         elif kind is _SerializedXML:
             out.append(child)
         elif isinstance(child, str):
-            out.append(_escapeText(child))
+            out.append(escapeText(child))
         else:
             _serializeInto(child, namespace, out)
     out.append(f"</{name}>")
 
 
-def serialize(element: domish.Element, children: list[Any] | None = None) -> str:
+def serialize(element: domish.Element, children: list[Any] | None = None,
+              childrenText: str | None = None) -> str:
     """
     A stanza as XML text for a stream whose content namespace is C{jabber:client}.
 
@@ -152,10 +157,12 @@ def serialize(element: domish.Element, children: list[Any] | None = None) -> str
 
     @param children: the children to write instead of C{element}'s own (the archive leaves
         the server's marks out without copying the stanza).
+    @param childrenText: C{children} already written, by whoever made them (the JSON door's
+        reader, L{xmppjson.jsonstanza}): only the element's own tag is written around it.
     """
     out: list[str] = []
     try:
-        _serializeInto(element, NS_CLIENT, out, children)
+        _serializeInto(element, NS_CLIENT, out, children, childrenText)
     except _NotSimple:
         if children is not None:
             copy = Element((element.uri, element.name), element.defaultUri,

@@ -44,6 +44,7 @@ from xmppjson.im.stanzas import (
     stamp,
     tryJID,
 )
+from xmppjson.jsonstanza import childrenXml
 from xmppjson.storage import ArchiveEntry, ArchiveMessage, ArchivePage, ArchiveQuery
 from xmppjson.xmltext import serialize
 
@@ -503,7 +504,8 @@ class Archive:
         (L{isServerMark}), which L{archivedMessage} drops on reading.  Otherwise (another door,
         offline storage, a message changed since) it is the serialisation of the message
         without those marks, by L{xmppjson.xmltext} (L{serialize}: C{jabber:client} implied,
-        as L{parseStanza} reads it back).
+        as L{parseStanza} reads it back), with the children's text the JSON door's reader
+        made when there is one (L{childrenXml}).
         """
         if not archivable(message.children):
             return None
@@ -525,7 +527,7 @@ class Archive:
             kept.append(child)
         if not sid:
             return None
-        return sid, serialize(message, kept)
+        return sid, serialize(message, kept, childrenXml(message, kept))
 
     def _entry(self, routedAt: float, bare: str, message: domish.Element,
                session: Session | None = None) -> ArchiveMessage | None:
