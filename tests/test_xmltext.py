@@ -212,7 +212,7 @@ class ElementTests(unittest.TestCase):
         ours, theirs = self._both(b"".join(stanzas))
         queries = ["/message/body", "/presence[@type]", "/iq/query[@xmlns='jabber:iq:roster']",
                    "/message/error", "/*/html/body"]
-        for mine, domishs in zip(ours, theirs):
+        for mine, domishs in zip(ours, theirs, strict=True):
             self.assertEqual(mine.toXml(), domishs.toXml())
             self.assertEqual(str(mine), str(domishs))
             self.assertEqual([e.name for e in mine.elements()], [e.name for e in domishs.elements()])

@@ -1160,7 +1160,7 @@ def childrenXml(message: domish.Element, children: list[Any]) -> str | None:
     made = message.__dict__.get("_childrenXml")
     if made is None or len(made[0]) != len(children):
         return None
-    for read, kept in zip(made[0], children):
+    for read, kept in zip(made[0], children, strict=True):
         if read is not kept:
             return None
     return made[1]
