@@ -1088,8 +1088,14 @@ class StoreTestsMixin(_MixinBase):
         await self.store.createUser("bob", CREDS)
         await self.store.setRosterItem("alice", RosterItem("bob@localhost", name="Bob",
                                                            subscription="both", groups=["g"]))
-        await self.store.addToBlocklist("alice", ["zed@localhost"])
+        # every kind of value a roster item holds, and items and blocks out of order
+        await self.store.setRosterItem("alice", RosterItem(
+            "aga@localhost", subscription="none", askOut=True, pendingIn=True, approved=True,
+            inRoster=False, groups=["x", "ż"]))
+        await self.store.addToBlocklist("alice", ["zed@localhost", "abe@localhost"])
         await self.store.updateProfile("alice", {"city": "Kraków"})
+        await self.store.setLastPresence("alice", datetime.datetime(2026, 11, 28, 3, 4, 5,
+                                                                    tzinfo=UTC), "away", "zz")
         for user in ("alice", "bob"):
             state = await self.store.getSessionState(user)
             self.assertIsInstance(state, SessionState)
@@ -1097,9 +1103,14 @@ class StoreTestsMixin(_MixinBase):
                                                  await self.store.getBlocklist(user),
                                                  await self.store.getProfile(user)))
         state = await self.store.getSessionState("alice")
-        self.assertEqual([i.jid for i in state.roster], ["bob@localhost"])
-        self.assertEqual(state.blocklist, ["zed@localhost"])
+        self.assertEqual([i.jid for i in state.roster], ["aga@localhost", "bob@localhost"])
+        self.assertEqual(state.roster[0].groups, ["x", "ż"])
+        self.assertTrue(state.roster[0].pendingIn and not state.roster[0].inRoster)
+        self.assertEqual(state.blocklist, ["abe@localhost", "zed@localhost"])
         self.assertEqual(state.profile["city"], "Kraków")
+        self.assertEqual((state.profile["presence"], state.profile["status"]), ("away", "zz"))
+        self.assertEqual(state.profile["last_seen"],
+                         datetime.datetime(2026, 11, 28, 3, 4, 5, tzinfo=UTC))
         self.assertEqual(await self.store.getSessionState("nobody"), SessionState([], [], None))
 
     async def test_blocklist(self) -> None:
