@@ -38,7 +38,7 @@ from txpostgres import txpostgres
 from zope.interface import implementer
 
 from xmppjson.error import StoreUnavailable
-from xmppjson.storage import PROFILE_FIELDS, IStore, SessionState
+from xmppjson.storage import IStore, SessionState
 from xmppjson.storage.sql import (
     INTEGRITY,
     UNAVAILABLE,
@@ -221,11 +221,10 @@ class PostgreSQLStore(SQLStore):
     # plan instead of three, at every login (docs/performance.md, item 23).
     _SESSION_STATE_SELECT = (
         "SELECT u.localpart IS NOT NULL, "
-        + ", ".join(f"u.{field}" for field in PROFILE_FIELDS)
-        + ", u.last_seen, u.presence, u.status,"
-        " (SELECT COALESCE(json_agg(json_build_array(contact, name, subscription, ask_out,"
-        " pending_in, approved, in_roster, groups_json) ORDER BY contact), '[]')"
-        " FROM roster WHERE localpart = %s),"
+        + ", ".join(f"u.{column}" for column in SQLStore._PROFILE_COLUMNS)
+        + ", (SELECT COALESCE(json_agg(json_build_array("
+        + ", ".join(SQLStore._ROSTER_COLUMNS)
+        + ") ORDER BY contact), '[]') FROM roster WHERE localpart = %s),"
         " (SELECT COALESCE(json_agg(jid ORDER BY jid), '[]') FROM blocklist WHERE localpart = %s)"
         " FROM (SELECT %s::text AS localpart) AS wanted"
         " LEFT JOIN users u ON u.localpart = wanted.localpart"

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from functools import wraps
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -683,10 +683,9 @@ class SQLStore:
         """
         return self._profile(await self._fetch(self._PROFILE_SELECT, (localpart,)))
 
-    _PROFILE_SELECT = (
-        f"SELECT {', '.join(PROFILE_FIELDS)}, last_seen, presence, status FROM users"
-        " WHERE localpart = %s"
-    )
+    #: A user's profile row as L{_profile} reads it (PostgreSQL's session state too).
+    _PROFILE_COLUMNS = (*PROFILE_FIELDS, "last_seen", "presence", "status")
+    _PROFILE_SELECT = f"SELECT {', '.join(_PROFILE_COLUMNS)} FROM users WHERE localpart = %s"
 
     def _profile(self, rows: Rows) -> dict[str, Any] | None:
         if not rows:
@@ -798,10 +797,11 @@ class SQLStore:
         """Fire with the user's roster items (including C{inRoster=False} ones), by JID."""
         return self._rosterItems(await self._fetch(self._ROSTER_SELECT, (localpart,)))
 
-    _ROSTER_SELECT = (
-        "SELECT contact, name, subscription, ask_out, pending_in, approved, in_roster,"
-        " groups_json FROM roster WHERE localpart = %s ORDER BY contact"
-    )
+    #: A roster row as L{_rosterItems} reads it (PostgreSQL's session state too).
+    _ROSTER_COLUMNS = ("contact", "name", "subscription", "ask_out", "pending_in", "approved",
+                       "in_roster", "groups_json")
+    _ROSTER_SELECT = (f"SELECT {', '.join(_ROSTER_COLUMNS)} FROM roster WHERE localpart = %s"
+                      " ORDER BY contact")
 
     @staticmethod
     def _rosterItems(rows: Rows) -> list[RosterItem]:
@@ -1324,12 +1324,10 @@ class SQLStore:
 
     def _runFetchMany(self, statements: list[Statement]) -> Deferred[list[Rows]]:
         """
-        Run several reads (no transaction needed) and fire with the rows of each: here, all
-        at once; a backend for which one round trip is cheaper overrides this (SQLite).
+        Run several reads (no transaction needed) in one trip to the database and fire with
+        the rows of each (PostgreSQL makes its session state one statement instead).
         """
-        return gatherResults(
-            [self._runFetch(sql, params) for sql, params in statements], consumeErrors=True
-        ).addErrback(lambda f: f.value.subFailure)
+        raise NotImplementedError()
 
     @_deferred
     async def addToBlocklist(self, localpart: str, jids: list[str]) -> list[str]:
