@@ -32,7 +32,14 @@ from xmppjson.im.archive import (
     parseMAMQuery,
     resultMessage,
 )
-from xmppjson.im.stanzas import NS_DELAY, NS_SID, firstChild, newStanzaId, parseStanza
+from xmppjson.im.stanzas import (
+    NS_DELAY,
+    NS_SID,
+    dropServerMarks,
+    firstChild,
+    newStanzaId,
+    parseStanza,
+)
 from xmppjson.rest import historyItem, openAPI
 from xmppjson.storage import ArchiveEntry, ArchiveMessage, ArchiveQuery, SessionState
 from xmppjson.storage.sql import micros
@@ -238,6 +245,20 @@ class _CountingStore:
 
 
 class BatchingTests(_Base):
+    def heldWrites(self, core: CoreFixture) -> list[defer.Deferred[None]]:
+        """Hold every archive write until its gate (in the list returned) fires."""
+        held: list[defer.Deferred[None]] = []
+        original = core.store.archiveMessages
+
+        def slow(messages: list[ArchiveMessage]) -> Any:
+            gate: defer.Deferred[None] = defer.Deferred()
+            held.append(gate)
+            return gate.addCallback(lambda _: original(messages))
+
+        core.store.archiveMessages = slow
+        self.addCleanup(lambda: [gate.callback(None) for gate in held])
+        return held
+
     @_d
     async def test_noDatabaseRoundTripPerMessage(self) -> None:
         """Messages wait in memory; one write C{interval} after the first, for all of them."""
@@ -288,17 +309,8 @@ class BatchingTests(_Base):
         """
         core, _a, s = await self.pair()
         archive = core.im.archive
-        held: list[defer.Deferred[None]] = []
-        original = core.store.archiveMessages
-
-        def slow(messages: list[ArchiveMessage]) -> Any:
-            gate: defer.Deferred[None] = defer.Deferred()
-            held.append(gate)
-            return gate.addCallback(lambda _: original(messages))
-
-        core.store.archiveMessages = slow
+        held = self.heldWrites(core)
         counting = _CountingStore(core)
-        self.addCleanup(lambda: [gate.callback(None) for gate in held])
         for n in range(3):
             s.send(f"<message to='alicja@localhost' type='chat'><body>{n}</body></message>")
         core.clock.advance(archive.interval)
@@ -314,6 +326,64 @@ class BatchingTests(_Base):
         await until(lambda: archive.written == 5)
         bodies = [str(parse(e.xml).body) for e in await archiveOf(core, "alicja")]
         self.assertEqual(bodies, ["0", "1", "2", "3", "4"])
+
+    @_d
+    async def test_fullBatchesDuringAWriteOneWriterEach(self) -> None:
+        """
+        Full batches that fill while a batch is written are written by the writer under way
+        when it is done, together: no writer per message waiting for its turn, each then
+        writing the few messages queued by then.
+        """
+        core, _a, s = await self.pair()
+        archive = core.im.archive
+        archive.batchSize = 3
+        held = self.heldWrites(core)
+        counting = _CountingStore(core)
+        for n in range(3):
+            s.send(f"<message to='alicja@localhost' type='chat'><body>{n}</body></message>")
+        core.clock.advance(0)
+        self.assertEqual(counting.calls, [3])
+        for n in range(3, 10):
+            s.send(f"<message to='alicja@localhost' type='chat'><body>{n}</body></message>")
+            core.clock.advance(0)
+        # nothing scheduled, and no writer waiting for the lock
+        self.assertIsNone(archive._timer)
+        self.assertEqual(archive._lock.waiting, [])
+        held.pop().callback(None)
+        await until(lambda: len(counting.calls) == 2)
+        self.assertEqual(counting.calls, [3, 7])
+        held.pop().callback(None)
+        await until(lambda: archive.written == 10)
+        self.assertEqual((archive._queue, archive._timer), ([], None))
+        bodies = [str(parse(e.xml).body) for e in await archiveOf(core, "alicja")]
+        self.assertEqual(bodies, [str(n) for n in range(10)])
+
+    @_d
+    async def test_retryWaitsWhileTheDatabaseIsAway(self) -> None:
+        """
+        While the database is away, a full batch queued does not bring the retry forward:
+        messages keep coming at chat speed, and a write attempt per message would hammer a
+        database that is down.
+        """
+        core, _a, s = await self.pair()
+        counting = _CountingStore(core)
+        archive = core.im.archive
+        archive.batchSize = 2
+        counting.failing = True
+        for n in range(2):
+            s.send(f"<message to='alicja@localhost' type='chat'><body>{n}</body></message>")
+        core.clock.advance(0)
+        await settle()
+        self.assertEqual(len(counting.calls), 1)
+        for n in range(2, 6):
+            s.send(f"<message to='alicja@localhost' type='chat'><body>{n}</body></message>")
+            core.clock.advance(0)
+        await settle()
+        self.assertEqual(len(counting.calls), 1)
+        counting.failing = False
+        core.clock.advance(archive.retryDelay)
+        await until(lambda: archive.written == 6)
+        self.assertEqual(len(counting.calls), 2)
 
     @_d
     async def test_queryWritesWhatIsQueued(self) -> None:
@@ -925,9 +995,8 @@ class DoorTextTests(unittest.TestCase):
         """Record what the archive serialises itself from now on."""
         calls: list[str] = []
 
-        def recording(element: domish.Element, children: list[Any] | None = None,
-                      childrenText: str | None = None) -> str:
-            calls.append(serialize(element, children, childrenText))
+        def recording(element: domish.Element, children: list[Any] | None = None) -> str:
+            calls.append(serialize(element, children))
             return calls[-1]
 
         self.patch(archiveModule, "serialize", recording)
@@ -1015,26 +1084,58 @@ class DoorTextTests(unittest.TestCase):
             self.assertNotIn("delay", entry.xml)
         self.assertEqual(str(child(szymon.take("message")[0], "body")), "web")
 
-    async def test_jsonDoorChildrenAsRead(self) -> None:
+    async def sendFrame(self, fx: C2SFixture, sender: RecordingSession, to: str,
+                        body: str) -> domish.Element:
+        """A chat message (with a chat state) read from a JSON frame, sent by C{sender}."""
+        message = jsonstanza.parseFrame(json.dumps({"type": "message", "payload": {
+            "to": to, "type": "chat", "id": "j1", "body": body, "composing": {}}}))
+        fx.im.receive(sender, message)
+        await until(lambda: fx.im.archive._queue)
+        return message
+
+    async def test_jsonDoorOfflineSerialised(self) -> None:
         """
-        A message the JSON door's reader read is stored with the children's text it made
-        then: the same text as the message serialised, server marks left out.
+        A message the JSON door's reader read, to a user who is offline, has the offline
+        store's delay stamp added: it is not the message read any more, and is serialised,
+        server marks left out.
         """
         fx, _juliet, _romeo, szymon = await self.core()
-        frame = {"type": "message", "payload": {
-            "to": "ewa@localhost", "type": "chat", "id": "j1",
-            "body": "1 < 2 & 'q' \"d\" \n 😀", "composing": {}}}
-        message = jsonstanza.parseFrame(json.dumps(frame))
-        fx.im.receive(szymon, message)
-        await until(lambda: fx.im.archive._queue)
+        serialised = self.serialised()
+        body = "1 < 2 & 'q' \"d\" \n 😀"
+        message = await self.sendFrame(fx, szymon, "ewa@localhost", body)
         [stored] = await archiveOf(fx, "ewa")
-        # (the offline store's delay stamp and the stanza-id are server marks, left out)
         kept = [c for c in message.children if c.name not in ("stanza-id", "delay")]
         self.assertEqual([c.name for c in kept], ["body", "composing"])
-        self.assertIsNotNone(jsonstanza.childrenXml(message, kept))
+        self.assertEqual(serialised, [stored.xml])
         self.assertEqual(stored.xml, serialize(message, kept))
-        self.assertEqual(str(firstChild(parse(stored.xml), "body", NS_CLIENT)),
-                         frame["payload"]["body"])
+        self.assertEqual(str(firstChild(parse(stored.xml), "body", NS_CLIENT)), body)
+
+    async def test_jsonDoorFrameStored(self) -> None:
+        """
+        A message the JSON door's reader read, delivered live to a session that is not the
+        c2s door's, is stored as the frame it was read from, with its from: nothing is
+        serialised, and every reader gets the message as routed, server marks left out (a
+        CR in the body included, which XML would have read back as LF).
+        """
+        fx, _juliet, _romeo, szymon = await self.core()
+        ewa = RecordingSession("ewa@localhost/web", fx.im, messagesAtOnce=True)
+        await fx.im.openSession(ewa)
+        serialised = self.serialised()
+        body = "1 < 2 & 'q' \"d\" \r\n 😀 </message>"
+        await self.sendFrame(fx, szymon, "ewa@localhost/web", body)
+        [received] = ewa.take("message")
+        [stored] = await archiveOf(fx, "ewa")
+        [sent] = await archiveOf(fx, "szymon")
+        self.assertEqual(serialised, [])
+        self.assertTrue(jsonstanza.isArchivedFrame(stored.xml))
+        self.assertEqual(stored.xml, sent.xml)
+        routed = received
+        dropServerMarks(routed, "localhost")
+        self.assertEqual(routed.getAttribute("from"), "szymon@localhost/web")
+        for entry in (stored, sent):
+            shown = archivedMessage(entry, "localhost")
+            self.assertEqual(serialize(shown), serialize(routed))
+        self.assertEqual(str(child(archivedMessage(stored, "localhost"), "body")), body)
 
     async def test_messageChangedSinceWritten(self) -> None:
         """

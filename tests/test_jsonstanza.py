@@ -1655,8 +1655,8 @@ def generalPathsOnly() -> Any:
     """parseFrame and serialize as they were before the fast paths: decode, readers, toFrame."""
     names = ("_scanOnce", "_fastMessage", "_fastPresence", "_messageFrame", "_presenceFrame")
     saved = [getattr(jsonstanza, name) for name in names]
-    replacements = (_noScan, lambda payload: None, lambda payload: None, lambda element: None,
-                    _notWritten)
+    replacements = (_noScan, lambda payload, frame=None: None, lambda payload: None,
+                    lambda element: None, _notWritten)
     for name, replacement in zip(names, replacements):
         setattr(jsonstanza, name, replacement)
     try:
@@ -1898,50 +1898,79 @@ class FastPathTests(SynchronousTestCase):
         self.assertEqual(readOutcome(text), expected)
 
     @PROPERTY
-    @given(_fastFrames)
-    def test_childrenXmlIsTheSerialisation(self, frame: dict) -> None:
+    @given(_fastFrames, st.sampled_from(["szymon@localhost/web", "a'b@localhost/r \"&<>\u00e9"]))
+    def test_archivedFrameIsTheMessage(self, frame: dict, sender: str) -> None:
         """
-        The children's XML the fast message reader keeps is what the archive's serialiser
-        writes for them: the message with it is the message serialised.
+        A message the fast reader read is archived as its frame (with its from), which reads
+        back as the same message: same attributes in the same order, same children.
         """
         if frame["type"] != "message":
             return
-        element = jsonstanza._fastMessage(frame["payload"])
-        if element is None:
+        try:
+            element = parseFrame(json.dumps(frame, ensure_ascii=False))
+        except FrameError:
             return
-        element["from"] = "szymon@localhost/web"
-        kept = list(element.children)
-        made = jsonstanza.childrenXml(element, kept)
-        self.assertIsNotNone(made)
-        self.assertEqual(xmltext.serialize(element, kept, made), xmltext.serialize(element, kept))
+        if "_frame" not in element.__dict__:
+            return  # the general reader took it
+        element["from"] = sender
+        stanzaId = element.addElement(("urn:xmpp:sid:0", "stanza-id"))
+        stored = jsonstanza.archiveText(element, element.children, 1)
+        assert stored is not None
+        self.assertTrue(jsonstanza.isArchivedFrame(stored))
+        element.children.remove(stanzaId)
+        self.assertEqual(shape(jsonstanza.archivedFrame(stored)), shape(element))
 
-    def test_childrenXmlEscapes(self) -> None:
-        element = jsonstanza.parseFrame(json.dumps(message(
-            to="a@localhost", body="1 < 2 & 3 > 2 'q' \"d\" a\r\nb 😀", gone={})))
-        kept = list(element.children)
-        self.assertEqual(jsonstanza.childrenXml(element, kept),
-                         "<body>1 &lt; 2 &amp; 3 &gt; 2 'q' \"d\" a\r\nb 😀</body>"
-                         f"<gone xmlns='{NS_CHATSTATES}'/>")
-
-    def test_childrenXmlOnlyOfTheChildrenRead(self) -> None:
-        """Once the children are not those the reader read, the text is not theirs: None."""
+    def test_archiveTextOnlyOfTheMessageRead(self) -> None:
+        """
+        Once the message is not what the reader read, plus the core's from and one appended
+        child, the frame is not its text: None (and the archive serialises it).
+        """
         def read() -> domish.Element:
-            return jsonstanza.parseFrame(json.dumps(message(to="a@localhost", body="x",
-                                                            active={})))
+            element = parseFrame(json.dumps(message(to="a@localhost", body="x", active={})))
+            element["from"] = "b@localhost/r"
+            return element
         element = read()
         body, active = element.children
-        self.assertIsNotNone(jsonstanza.childrenXml(element, [body, active]))
-        self.assertIsNone(jsonstanza.childrenXml(element, [body]))
-        self.assertIsNone(jsonstanza.childrenXml(element, [active, body]))
-        self.assertIsNone(jsonstanza.childrenXml(element, [body, active, "text"]))
-        self.assertIsNone(jsonstanza.childrenXml(element, [body, read().children[1]]))
-        # the general reader keeps none
-        general = jsonstanza.parseFrame(json.dumps(message(body="x", xml=["<a xmlns='urn:a'/>"])))
-        self.assertIsNone(jsonstanza.childrenXml(general, list(general.children)))
+        mark = xmltext.Element(("urn:xmpp:sid:0", "stanza-id"))
+        self.assertIsNotNone(jsonstanza.archiveText(element, [body, active, mark], 1))
+        self.assertIsNotNone(jsonstanza.archiveText(element, [body, active], 0))
+        self.assertIsNone(jsonstanza.archiveText(element, [body, active], 1))
+        self.assertIsNone(jsonstanza.archiveText(element, [body, mark], 1))
+        self.assertIsNone(jsonstanza.archiveText(element, [active, body, mark], 1))
+        self.assertIsNone(jsonstanza.archiveText(element, [body, read().children[1], mark], 1))
+        # an attribute changed, added, or without the core's from
+        for change in (lambda e: e.attributes.__setitem__("to", "c@localhost"),
+                       lambda e: e.attributes.__setitem__("id", "x"),
+                       lambda e: e.attributes.pop("from")):
+            changed = read()
+            change(changed)
+            self.assertIsNone(jsonstanza.archiveText(changed, changed.children, 0))
+        # from set before the reader's attributes (not the one added last)
+        moved = read()
+        moved.attributes = {"from": "b@localhost/r", **{k: v for k, v in moved.attributes.items()
+                                                         if k != "from"}}
+        self.assertIsNone(jsonstanza.archiveText(moved, moved.children, 0))
+        # the general reader keeps no frame, nor does a frame read with space around it or
+        # repaired (its text is not the JSON that was read)
+        for text in (json.dumps(message(body="x", xml=["<a xmlns='urn:a'/>"])),
+                     " " + json.dumps(message(to="a@localhost", body="x"))):
+            general = parseFrame(text)
+            general["from"] = "b@localhost/r"
+            self.assertIsNone(jsonstanza.archiveText(general, general.children, 0))
         # domish's child lookup would answer a child named like the attribute: not read
         odd = domish.Element((None, "message"))
-        odd.addElement("_childrenXml")
-        self.assertIsNone(jsonstanza.childrenXml(odd, list(odd.children)))
+        odd["from"] = "b@localhost/r"
+        odd.addElement("_frame")
+        self.assertIsNone(jsonstanza.archiveText(odd, odd.children, 0))
+
+    def test_archivedFrameRefusesOtherText(self) -> None:
+        """What is not a record archiveText made is refused, not misread."""
+        for text in ('{"from": 1, "frame": {}}', '{"from": "a@localhost"}', '[]',
+                     '{"from": "a@localhost", "frame": "x"}'):
+            self.assertRaises(ValueError, jsonstanza.archivedFrame, text)
+        self.assertRaises(FrameError, jsonstanza.archivedFrame,
+                          '{"from": "a@localhost", "frame": {"type": "nope"}}')
+        self.assertFalse(jsonstanza.isArchivedFrame("<message/>"))
 
     @given(st.one_of(_jsonValues.map(json.dumps), st.text(max_size=40)))
     def test_decodingAsGeneral(self, text: str) -> None:

@@ -51,7 +51,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from xmppjson.error import BadRequest
-from xmppjson.xmltext import Element, escapeText
+from xmppjson.xmltext import Element
 
 __all__ = [
     "DIALECT_VERSION",
@@ -297,13 +297,16 @@ def parseFrame(text: str | bytes, maxSize: int = MAX_FRAME_SIZE) -> domish.Eleme
     # The scanner alone, without JSONDecoder.decode's two whitespace regexes around it: a
     # frame it reads to its last character is exactly what decode would give; anything else
     # (leading or trailing space, an error) goes through _decode, which words the errors.
+    whole: str | None = text  # the frame's text, when it is the JSON read (see _fastMessage)
     try:
         frame, end = _scanOnce(text, 0)
     except Exception:  # noqa: BLE001 - StopIteration, ValueError, RecursionError: see _decode
         frame = _decode(text)
+        whole = None  # (perhaps repaired: not what was read)
     else:
         if end != len(text):
             frame = _decode(text)
+            whole = None
     if type(frame) is dict and len(frame) == 2:
         # The frames that are the traffic (see _fastMessage): read without the general
         # machinery, or, at the first thing out of the ordinary, by it from the start.
@@ -311,7 +314,7 @@ def parseFrame(text: str | bytes, maxSize: int = MAX_FRAME_SIZE) -> domish.Eleme
         payload = frame.get("payload")
         if type(payload) is dict:
             if kind == "message":
-                element = _fastMessage(payload)
+                element = _fastMessage(payload, whole)
                 if element is not None:
                     return element
             elif kind == "presence":
@@ -1111,25 +1114,23 @@ def _flatObject(value: Any) -> bool:
     return True
 
 
-def _fastMessage(payload: dict) -> domish.Element | None:
+def _fastMessage(payload: dict, frame: str | None = None) -> domish.Element | None:
     """
     What the general reader makes of a message payload, or C{None} (see above).
 
-    The message also keeps its children as XML text, with the children themselves, as
-    C{_childrenXml}: the archive stores a message as XML, and these few strings made here cost
-    much less than serialising the children later (L{childrenXml}; docs/performance.md, item
-    22).
+    With C{frame}, the frame's text (the JSON this payload was read from, whole), the message
+    keeps it, with its children and attribute values as read, as C{_frame}: the archive
+    stores that text rather than serialising the message as XML, while the message is still
+    what was read (L{archiveText}; docs/performance.md, item 24).
     """
     element = Element((NS_CLIENT, "message"), NS_CLIENT)
     attributes = element.attributes
-    xml = ""
     for key, value in payload.items():
         if key == "body":
             if not _fastText(value, _UNLIMITED):
                 return None
             if value:
                 _add(element, NS_CLIENT, "body", value)
-                xml += "<body>" + escapeText(value) + "</body>"
         elif key == "type":
             if type(value) is not str or value not in _FAST_MESSAGE_TYPES:
                 return None
@@ -1138,32 +1139,73 @@ def _fastMessage(payload: dict) -> domish.Element | None:
             if not _flatObject(value):
                 return None
             _add(element, NS_CHATSTATES, key)
-            xml += _STATE_XML[key]
         elif key == "name":
             if type(value) is dict or type(value) is list:
                 return None
         elif not _fastCommon(attributes, key, value):
             return None
-    element._childrenXml = (tuple(element.children), xml)  # type: ignore[attr-defined]
+    if frame is not None:
+        element._frame = (  # type: ignore[attr-defined]
+            tuple(element.children), tuple(attributes.values()), frame)
     return element
 
 
-def childrenXml(message: domish.Element, children: list[Any]) -> str | None:
+#: How an archived message kept as its frame begins (XML begins with "<").
+_ARCHIVED_FRAME = '{"from":'
+
+
+def archiveText(message: domish.Element, children: list[Any], added: int) -> str | None:
     """
-    The XML text of C{children} (the message's children the archive keeps) as the JSON door's
-    reader wrote it when it read the message, if they are still exactly the children it read
-    (the same objects, none added or taken away; the core only appends its marks, which the
-    archive leaves out); else C{None}.  What L{xmppjson.xmltext.serialize} would write for
-    them.
+    What the archive stores for a message the JSON door's fast reader read (L{_fastMessage}):
+    the frame it was read from, whole, with the C{from} the core gave it, as
+    C{{"from": ..., "frame": <the frame>}}; L{archivedFrame} reads it back.  Only while the
+    message is still what was read: the same children (the same objects, none taken away),
+    followed by the C{added} the core appended (its stanza-id, which the caller checked), and
+    the same attributes, followed by C{from}.  Else C{None}, and the archive serialises the
+    message.
     """
-    # The instance's own dict: domish's elements would answer a child named "_childrenXml".
-    made = message.__dict__.get("_childrenXml")
-    if made is None or len(made[0]) != len(children):
+    # The instance's own dict: domish's elements would answer a child named "_frame".
+    made = message.__dict__.get("_frame")
+    if made is None:
         return None
-    for read, kept in zip(made[0], children, strict=True):
-        if read is not kept:
+    read, values, frame = made
+    if len(read) + added != len(children):
+        return None
+    # (children is the longer when added: zip stops at the children read.)
+    for child, kept in zip(read, children, strict=False):
+        if child is not kept:
             return None
-    return made[1]
+    attributes = message.attributes
+    if len(attributes) != len(values) + 1:
+        return None
+    sender = attributes.get("from")
+    # from is the one attribute added, and the last: the others are as read.
+    if type(sender) is not str or tuple(attributes.values())[:-1] != values:
+        return None
+    return _ARCHIVED_FRAME + _encodeString(sender) + ',"frame":' + frame + "}"
+
+
+def isArchivedFrame(text: str) -> bool:
+    """Whether an archived message's text is one L{archiveText} made (else it is XML)."""
+    return text.startswith(_ARCHIVED_FRAME)
+
+
+def archivedFrame(text: str) -> domish.Element:
+    """
+    The message L{archiveText} stored: its frame read again (the same reader makes the same
+    message), with its C{from}.
+
+    @raise ValueError: C{text} is not such a record.
+    @raise FrameError: its frame cannot be read (any more).
+    """
+    stored = _decoder.decode(text)
+    if type(stored) is not dict or type(stored.get("from")) is not str \
+            or type(stored.get("frame")) is not dict:
+        raise ValueError("not an archived frame")
+    # The size limit was the door's when it was read; the frame is stored whole.
+    message = parseFrame(_encode(stored["frame"]), sys.maxsize)
+    message["from"] = stored["from"]
+    return message
 
 
 def _fastPresence(payload: dict) -> domish.Element | None:

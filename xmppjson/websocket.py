@@ -247,42 +247,51 @@ class StreamProtocol(WebSocketServerProtocol):
         self._dataReceived(data)
 
     def processData(self) -> bool:
+        # Every whole frame of the common kind in the buffer, one after the other, with the
+        # buffer cut once at the end (Autobahn's loop calls this once per frame, and cutting
+        # the buffer per frame copies the rest of a read each time).
         data = self.data
+        size = len(data)
+        offset = 0
         if (
-            len(data) > 5
-            and data[0] == _TEXT_FIN
-            and data[1] & 0x80
-            and self.current_frame is None
+            self.current_frame is None
             and not self.inside_message
-            and self.state == _STATE_OPEN
             and self._perMessageCompress is None
         ):
-            length = data[1] & 0x7F
-            if length < 126:
-                start = 6
-            elif length == 126 and len(data) > 7:
-                length = (data[2] << 8) | data[3]
-                start = 8
-                if length < 126:
-                    # not the minimal length encoding: Autobahn fails the connection
-                    return super().processData()
-            else:
-                return super().processData()
-            end = start + length
             limit = self.maxFramePayloadSize
-            if len(data) >= end and not (0 < limit < length) and not (
-                0 < self.maxMessagePayloadSize < length
-            ):
+            messageLimit = self.maxMessagePayloadSize
+            while size - offset > 5 and data[offset] == _TEXT_FIN and data[offset + 1] & 0x80 \
+                    and self.state == _STATE_OPEN:
+                length = data[offset + 1] & 0x7F
+                if length < 126:
+                    start = offset + 6
+                elif length == 126 and size - offset > 7:
+                    length = (data[offset + 2] << 8) | data[offset + 3]
+                    if length < 126:
+                        break  # not the minimal length encoding: Autobahn fails the connection
+                    start = offset + 8
+                else:
+                    break
+                end = start + length
+                if end > size or 0 < limit < length or 0 < messageLimit < length:
+                    break
                 try:
                     text = _xor(data[start:end], data[start - 4 : start]).decode("utf-8")
                 except UnicodeDecodeError:
-                    # Autobahn fails the connection with 1007, as RFC 6455 requires
-                    return super().processData()
-                self.data = data[end:]
+                    break  # Autobahn fails the connection with 1007, as RFC 6455 requires
+                offset = end
                 if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                     self._cancelAutoPingTimeoutCall()
                 self.onMessage(text, False)
-                return len(self.data) > 0
+                if self.data is not data:
+                    # Something in handling it replaced the buffer (the connection failed):
+                    # what is left is no longer this loop's.
+                    return len(self.data) > 0
+        if offset:
+            self.data = data[offset:]
+            # Autobahn calls again while the state allows it: what is left (a frame of
+            # another kind, or part of one) goes to its reader then.
+            return offset < size
         return super().processData()
 
     def sendText(self, text: str) -> None:

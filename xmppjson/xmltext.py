@@ -97,7 +97,7 @@ def _escapeAttribute(value: str) -> str:
 
 
 def _serializeInto(element: domish.Element, parentNamespace: str, out: list[str],
-                   children: list[Any] | None = None, childrenText: str | None = None) -> None:
+                   children: list[Any] | None = None) -> None:
     if element.localPrefixes:
         raise _NotSimple()
     namespace = element.defaultUri
@@ -122,9 +122,6 @@ def _serializeInto(element: domish.Element, parentNamespace: str, out: list[str]
             tag += f" xml:{key[1]}='{value}'"
         else:
             raise _NotSimple()
-    if childrenText is not None:
-        out.append(f"{tag}>{childrenText}</{name}>" if childrenText else tag + "/>")
-        return
     if children is None:
         children = element.children
     if not children:
@@ -146,8 +143,7 @@ def _serializeInto(element: domish.Element, parentNamespace: str, out: list[str]
     out.append(f"</{name}>")
 
 
-def serialize(element: domish.Element, children: list[Any] | None = None,
-              childrenText: str | None = None) -> str:
+def serialize(element: domish.Element, children: list[Any] | None = None) -> str:
     """
     A stanza as XML text for a stream whose content namespace is C{jabber:client}.
 
@@ -157,12 +153,10 @@ def serialize(element: domish.Element, children: list[Any] | None = None,
 
     @param children: the children to write instead of C{element}'s own (the archive leaves
         the server's marks out without copying the stanza).
-    @param childrenText: C{children} already written, by whoever made them (the JSON door's
-        reader, L{xmppjson.jsonstanza}): only the element's own tag is written around it.
     """
     out: list[str] = []
     try:
-        _serializeInto(element, NS_CLIENT, out, children, childrenText)
+        _serializeInto(element, NS_CLIENT, out, children)
     except _NotSimple:
         if children is not None:
             copy = Element((element.uri, element.name), element.defaultUri,
