@@ -196,14 +196,65 @@ class OfflineHintTests(unittest.TestCase):
         s.send(f"<message to='alicja@localhost' id='{ident}' type='chat'><body>x</body></message>")
         await settle()
 
+    def stateUnknown(self, core: CoreFixture) -> None:
+        """The store's session state says nothing of offline messages (maybe some)."""
+        original = core.store.getSessionState
+
+        async def getSessionState(localpart):
+            return (await original(localpart))._replace(offline=True)
+
+        core.store.getSessionState = getSessionState
+
     @_d
     async def test_nothingStoredSkipsTheQuery(self):
         core = await CoreFixture(self).start("alicja")
+        self.stateUnknown(core)
         queried = self.countQueries(core)
         await self.logout(core, await self.login(core, "alicja@localhost/a"))
         self.assertEqual(queried, ["alicja"])
         await self.logout(core, await self.login(core, "alicja@localhost/b"))
         self.assertEqual(queried, ["alicja"])
+
+    @_d
+    async def test_sessionStateSaysNothingStored(self):
+        """
+        The session state read at a login says whether anything is stored: when nothing is,
+        not even the first login queries the offline messages.
+        """
+        core = await CoreFixture(self).start("alicja", "szymon")
+        queried = self.countQueries(core)
+        await self.logout(core, await self.login(core, "alicja@localhost/a"))
+        self.assertEqual(queried, [])
+        await self.sendToAlicja(core, "o6")
+        a = await self.login(core, "alicja@localhost/b")
+        await until(lambda: a.received)
+        self.assertEqual([m["id"] for m in a.take("message")], ["o6"])
+        self.assertEqual(queried, ["alicja"])
+
+    @_d
+    async def test_storeStartedWhileReadingTheSessionState(self):
+        """
+        A store that starts while a login reads the session state (which saw nothing
+        stored) is not hidden by it: the message is queried and delivered at that login.
+        """
+        core = await CoreFixture(self).start("alicja", "szymon")
+        gate: defer.Deferred[None] = defer.Deferred()
+        original = core.store.getSessionState
+
+        async def slowState(localpart):
+            state = await original(localpart)  # read before the store below
+            if localpart == "alicja":
+                await gate
+            return state
+
+        core.store.getSessionState = slowState
+        opening = defer.ensureDeferred(core.connect("alicja@localhost/a", presence="<presence/>"))
+        await self.sendToAlicja(core, "o7")
+        self.assertEqual(len(await core.store.getOffline("alicja")), 1)
+        gate.callback(None)
+        a = await opening
+        await until(lambda: a.received)
+        self.assertEqual([m["id"] for m in a.take("message")], ["o7"])
 
     @_d
     async def test_deliveredEverythingSkipsTheQuery(self):
@@ -268,6 +319,7 @@ class OfflineHintTests(unittest.TestCase):
             return result
 
         core.store.getOffline = slowQuery
+        self.stateUnknown(core)
         a = await core.connect("alicja@localhost/a", presence="<presence/>")  # query waits
         await self.logout(core, a)
         await self.sendToAlicja(core, "o4")

@@ -1101,7 +1101,8 @@ class StoreTestsMixin(_MixinBase):
             self.assertIsInstance(state, SessionState)
             self.assertEqual(state, SessionState(await self.store.getRoster(user),
                                                  await self.store.getBlocklist(user),
-                                                 await self.store.getProfile(user)))
+                                                 await self.store.getProfile(user),
+                                                 offline=False))
         state = await self.store.getSessionState("alice")
         self.assertEqual([i.jid for i in state.roster], ["aga@localhost", "bob@localhost"])
         self.assertEqual(state.roster[0].groups, ["x", "ż"])
@@ -1111,7 +1112,16 @@ class StoreTestsMixin(_MixinBase):
         self.assertEqual((state.profile["presence"], state.profile["status"]), ("away", "zz"))
         self.assertEqual(state.profile["last_seen"],
                          datetime.datetime(2026, 11, 28, 3, 4, 5, tzinfo=UTC))
-        self.assertEqual(await self.store.getSessionState("nobody"), SessionState([], [], None))
+        self.assertEqual(await self.store.getSessionState("nobody"),
+                         SessionState([], [], None, offline=False))
+        # whether any offline message waits, as getOffline would tell
+        await self.store.storeOffline("bob", datetime.datetime(2026, 11, 28, tzinfo=UTC),
+                                      "<message xmlns='jabber:client'><body>x</body></message>")
+        self.assertTrue((await self.store.getSessionState("bob")).offline)
+        self.assertFalse((await self.store.getSessionState("alice")).offline)
+        [stored] = await self.store.getOffline("bob")
+        await self.store.deleteOffline("bob", [stored.id])
+        self.assertFalse((await self.store.getSessionState("bob")).offline)
 
     async def test_blocklist(self) -> None:
         await self.store.createUser("alice", CREDS)

@@ -303,10 +303,10 @@ class MessageHandler:
             async with lock:
                 if not session.active:
                     return
-                started = self._storesStarted if localpart not in self._storesUnderWay else -1
+                started = self.storesMark(localpart)
                 stored = await self.store.getOffline(localpart)
                 if not stored:
-                    self._noteNothingStored(localpart, started)
+                    self.noteNothingStored(localpart, started)
                     return
                 if not session.active:
                     return
@@ -325,17 +325,25 @@ class MessageHandler:
                 if delivered:
                     await self.store.deleteOffline(localpart, delivered)
                 if len(delivered) == len(stored):
-                    self._noteNothingStored(localpart, started)
+                    self.noteNothingStored(localpart, started)
         finally:
             if not lock.locked and not lock.waiting:
                 self._offlineLocks.pop(localpart, None)
 
-    def _noteNothingStored(self, localpart: str, started: int) -> None:
+    def storesMark(self, localpart: str) -> int:
         """
-        The user's stored messages were all read (and delivered and deleted): remember that
-        nothing is stored for them, unless an offline store started since C{started} (the
-        count of stores when the read began, -1 if one for this user was under way then): its
-        message may or may not have been in what was read.
+        What L{noteNothingStored} needs to know of the offline stores when a read of the
+        user's stored messages begins: the count of stores so far, -1 if one for this user is
+        under way.
+        """
+        return self._storesStarted if localpart not in self._storesUnderWay else -1
+
+    def noteNothingStored(self, localpart: str, started: int) -> None:
+        """
+        The user's stored messages were all read (and delivered and deleted), or a read found
+        none: remember that nothing is stored for them, unless an offline store started since
+        C{started} (L{storesMark} when the read began): its message may or may not have been
+        in what was read.
         """
         if not self._hintNothingStored or self._storesStarted != started:
             return

@@ -148,7 +148,12 @@ class IMServer:
             state = None
             if not (self.rosters.isCached(localpart) or self.blocking.isCached(localpart)
                     or self.vcards.isCached(localpart)):
+                mark = self.messages.storesMark(localpart)
                 state = await self.store.getSessionState(localpart)
+                if not state.offline:
+                    # No stored message to read when the session becomes available: one
+                    # query fewer at a login (docs/performance.md, item 27).
+                    self.messages.noteNothingStored(localpart, mark)
             loads: list[defer.Deferred[Any]] = [
                 defer.Deferred.fromCoroutine(self.rosters.load(localpart, state)),
                 defer.Deferred.fromCoroutine(self.blocking.load(localpart, state)),

@@ -126,11 +126,13 @@ class OfflineMessage:
 
 class SessionState(NamedTuple):
     """L{IStore.getSessionState}: what L{IStore.getRoster}, L{IStore.getBlocklist} and
-    L{IStore.getProfile} would give."""
+    L{IStore.getProfile} would give, and whether L{IStore.getOffline} would give anything
+    (C{offline}: C{False} when the user had no stored message when it was read)."""
 
     roster: list[RosterItem]
     blocklist: list[str]
     profile: dict[str, Any] | None
+    offline: bool = True
 
 
 class IStore(Interface):

@@ -1314,13 +1314,16 @@ class SQLStore:
     @_deferred
     async def getSessionState(self, localpart: str) -> SessionState:
         """What a session needs when it opens, in one L{_fetchMany} (see L{IStore})."""
-        roster, blocklist, profile = await self._guarded(self._runFetchMany, [
+        roster, blocklist, profile, [(offline,)] = await self._guarded(self._runFetchMany, [
             (self._ROSTER_SELECT, (localpart,)),
             (self._BLOCKLIST_SELECT, (localpart,)),
             (self._PROFILE_SELECT, (localpart,)),
+            (self._ANY_OFFLINE_SELECT, (localpart,)),
         ])
         return SessionState(self._rosterItems(roster), [jid for (jid,) in blocklist],
-                            self._profile(profile))
+                            self._profile(profile), bool(offline))
+
+    _ANY_OFFLINE_SELECT = "SELECT EXISTS (SELECT 1 FROM offline WHERE localpart = %s)"
 
     def _runFetchMany(self, statements: list[Statement]) -> Deferred[list[Rows]]:
         """
