@@ -1063,8 +1063,6 @@ _FAST_MESSAGE_TYPES = MESSAGE_TYPES - {"error"}  # an error message needs the er
 _FAST_PRESENCE_TYPES = PRESENCE_TYPES - {"error"}
 _CHAT_STATE_KEYS = frozenset(CHAT_STATES)
 _UNLIMITED = sys.maxsize  # a body is bounded by the frame size only
-# A chat state as xmltext.serialize writes it in a message.
-_STATE_XML = {state: f"<{state} xmlns='{NS_CHATSTATES}'/>" for state in CHAT_STATES}
 
 
 def _fastText(value: Any, limit: int) -> bool:
