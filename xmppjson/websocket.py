@@ -283,15 +283,13 @@ class StreamProtocol(WebSocketServerProtocol):
                 if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                     self._cancelAutoPingTimeoutCall()
                 self.onMessage(text, False)
-                if self.data is not data:
-                    # Something in handling it replaced the buffer (the connection failed):
-                    # what is left is no longer this loop's.
-                    return len(self.data) > 0
         if offset:
-            self.data = data[offset:]
+            # (From the buffer as it is now: anything appended while the frames were handled
+            # comes after them.)
+            self.data = self.data[offset:]
             # Autobahn calls again while the state allows it: what is left (a frame of
             # another kind, or part of one) goes to its reader then.
-            return offset < size
+            return len(self.data) > 0
         return super().processData()
 
     def sendText(self, text: str) -> None:
